@@ -1,0 +1,20 @@
+// Which instruction sets this CPU (and OS) support, read once with cpuid. The environment
+// variable LLMCORE_CPU_ISA=scalar|avx2|avx512 caps the choice (tests use it to run every path).
+#pragma once
+#include <string>
+
+#include "backends/cpu/gemm.h"
+
+namespace llmcore::cpu {
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512bf16 = false;
+};
+
+const CpuFeatures& cpu_features();
+Isa best_isa();                      // highest Isa the CPU supports, capped by LLMCORE_CPU_ISA
+bool isa_supported(Isa isa);
+std::string cpu_features_string();   // "avx2 fma f16c" etc.
+
+}  // namespace llmcore::cpu

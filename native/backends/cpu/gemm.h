@@ -1,0 +1,41 @@
+// CPU matmul of fp32 activations with packed weights: y (M, N) = x (M, K) . W (N, K)^T + b,
+// with a fused epilogue. Weights are packed once at load into the layout the detected ISA
+// wants; the hot loops are in gemm_avx2.cpp / gemm_avx512.cpp, the scalar fallback in gemm.cpp.
+//
+// Batch invariance: each output element is one fp32 FMA chain over k in increasing order, then
+// + bias, then the epilogue, whatever M, the row's place in a tile, or the thread count. So a
+// sequence's logits are bitwise the same alone or in a batch, and KV-cache decode equals full
+// recompute. The work is split over rows and column panels, never over K.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "core/backend.h"
+#include "core/thread_pool.h"
+
+namespace llmcore::cpu {
+
+enum class Isa : uint8_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+const char* isa_name(Isa isa);
+
+class PackedWeight : public Weight {
+ public:
+  ~PackedWeight() override;
+  Isa isa = Isa::Scalar;   // the kernel family the layout was packed for
+  int64_t n_panels = 0;    // ceil(n / panel width)
+  void* data = nullptr;    // 64-byte aligned, owned
+};
+
+// Packs a stored weight (any dtype, either layout) into `compute` dtype for `isa`.
+std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Isa isa,
+                                          ThreadPool& pool);
+
+void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
+          Epilogue ep, ThreadPool& pool);
+
+// gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the fp32 version every
+// epilogue must match to ~1e-6 relative.
+float gelu_new(float x);
+
+}  // namespace llmcore::cpu
