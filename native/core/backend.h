@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/dtype.h"
+#include "core/thread_pool.h"
 
 namespace llmcore {
 
@@ -94,6 +95,10 @@ class Backend {
                          int layer, float* out) = 0;
   // out[i] = x[rows[i]]         rows: host, (n); x (*, C); out (n, C)
   virtual void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) = 0;
+
+  // Optional: a host thread pool the engine may borrow between ops (e.g. to sample many
+  // sequences at once). nullptr when the backend has none.
+  virtual ThreadPool* host_pool() { return nullptr; }
 };
 
 // "cpu" is always available; "cuda" loads the CUDA module (throws Error(E_BACKEND) saying why

@@ -1,0 +1,122 @@
+#include "backends/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "backends/cpu/cpu_features.h"
+#include "backends/cpu/ops_kernels.h"
+#include "core/errors.h"
+
+namespace llmcore::cpu {
+
+static int default_threads() {
+  const unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : int(n);
+}
+
+CpuBackend::CpuBackend(int threads, Isa isa)
+    : isa_(isa_supported(isa) ? isa : best_isa()),
+      pool_(threads > 0 ? threads : default_threads()) {}
+
+std::string CpuBackend::describe() const {
+  return std::string("cpu: ") + isa_name(isa_) + " kernels, " + std::to_string(pool_.size()) +
+         " threads (cpu has " + cpu_features_string() + ")";
+}
+
+float* CpuBackend::alloc(size_t n_floats) {
+  const size_t bytes = std::max<size_t>(64, (n_floats * sizeof(float) + 63) / 64 * 64);
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw Error(E_OOM, "[cpu] cannot allocate " + std::to_string(bytes) + " bytes");
+  return static_cast<float*>(p);
+}
+void CpuBackend::release(float* p) { std::free(p); }
+void CpuBackend::upload(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
+void CpuBackend::download(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
+void CpuBackend::copy(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
+
+std::unique_ptr<Weight> CpuBackend::prepare_weight(const WeightView& w, DType compute) {
+  return pack_weight(w, compute, isa_, pool_);
+}
+
+void CpuBackend::embed(const int32_t* tokens, const int32_t* positions, int M, int64_t C,
+                       const float* wte, const float* wpe, float* out) {
+  for (int m = 0; m < M; m++) {
+    const float* a = wte + int64_t(tokens[m]) * C;
+    const float* b = wpe + int64_t(positions[m]) * C;
+    for (int64_t c = 0; c < C; c++) out[m * C + c] = a[c] + b[c];
+  }
+}
+
+void CpuBackend::layernorm(const float* x, int M, int64_t C, const float* gamma,
+                           const float* beta, float eps, float* out) {
+  constexpr int kRows = 8;
+  const int64_t n_chunks = (M + kRows - 1) / kRows;
+  pool_.parallel_for(n_chunks, [&](int64_t i, int) {
+    const int m0 = int(i) * kRows, rows = std::min(kRows, M - m0);
+    if (isa_ >= Isa::Avx2)
+      avx2::layernorm_rows(x + m0 * C, rows, C, gamma, beta, eps, out + m0 * C);
+    else
+      scalar::layernorm_rows(x + m0 * C, rows, C, gamma, beta, eps, out + m0 * C);
+  });
+}
+
+void CpuBackend::matmul(const float* x, int64_t ldx, int M, const Weight& W, const float* bias,
+                        float* y, Epilogue ep) {
+  gemm(x, ldx, M, static_cast<const PackedWeight&>(W), bias, y, ep, pool_);
+}
+
+void CpuBackend::kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
+                          int layer) {
+  const int64_t C = kv.C;
+  for (int s = 0; s < n_seqs; s++) {
+    for (int i = 0; i < seqs[s].n_new; i++) {
+      const int64_t t = seqs[s].past + i;
+      float* block = kv.block_ptr[seqs[s].blocks[t / kBlockTokens]];
+      float* k = block + int64_t(layer) * 2 * kBlockTokens * C + (t % kBlockTokens) * C;
+      const float* row = qkv + int64_t(seqs[s].row + i) * 3 * C;
+      std::memcpy(k, row + C, C * sizeof(float));
+      std::memcpy(k + kBlockTokens * C, row + 2 * C, C * sizeof(float));
+    }
+  }
+}
+
+void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
+                           int layer, float* out) {
+  const int64_t C = kv.C, HS = C / kv.NH;
+  if (HS > 256) throw Error(E_OPTION, "[attention] head size " + std::to_string(HS) + " > 256");
+  // Tasks: (sequence, head, chunk of up to kRows new tokens).
+  constexpr int kRows = 16;
+  struct Task { int32_t seq, head, r0, rows; };
+  std::vector<Task> tasks;
+  int64_t max_keys = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    max_keys = std::max<int64_t>(max_keys, seqs[s].past + seqs[s].n_new);
+    for (int h = 0; h < kv.NH; h++)
+      for (int r0 = 0; r0 < seqs[s].n_new; r0 += kRows)
+        tasks.push_back({s, h, r0, std::min(kRows, seqs[s].n_new - r0)});
+  }
+  // Long causal chunks cost more: start them first so the tail of the loop is short.
+  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) {
+    return seqs[a.seq].past + a.r0 > seqs[b.seq].past + b.r0;
+  });
+  const size_t scratch_per_thread = size_t(max_keys + 16);
+  if (attn_scratch_.size() < scratch_per_thread * pool_.size())
+    attn_scratch_.resize(scratch_per_thread * pool_.size());
+  const int64_t k_off = int64_t(layer) * 2 * kBlockTokens * C, v_off = k_off + kBlockTokens * C;
+  pool_.parallel_for(int64_t(tasks.size()), [&](int64_t i, int tid) {
+    const Task& t = tasks[size_t(i)];
+    const AttnSeq& s = seqs[t.seq];
+    float* scratch = attn_scratch_.data() + size_t(tid) * scratch_per_thread;
+    auto kernel = isa_ >= Isa::Avx2 ? avx2::attention_head_rows : scalar::attention_head_rows;
+    kernel(qkv, C, HS, t.head, s.row + t.r0, s.past + t.r0, t.rows, kv.block_ptr, s.blocks, k_off,
+           v_off, scratch, out);
+  });
+}
+
+void CpuBackend::gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) {
+  for (int i = 0; i < n; i++) std::memcpy(out + i * C, x + int64_t(rows[i]) * C, C * sizeof(float));
+}
+
+}  // namespace llmcore::cpu

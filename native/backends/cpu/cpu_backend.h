@@ -1,0 +1,49 @@
+// The CPU backend: packed-weight SIMD GEMM, AVX2 layernorm/attention, all on a thread pool.
+// The kernel family is chosen at run time (cpu_features.h); every family is held to ops_ref.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "backends/cpu/gemm.h"
+#include "core/backend.h"
+#include "core/thread_pool.h"
+
+namespace llmcore::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  // isa: the kernel family to use (capped at what the CPU supports); threads <= 0: all cores.
+  CpuBackend(int threads, Isa isa);
+  std::string name() const override { return "cpu"; }
+  std::string describe() const override;
+  Isa isa() const { return isa_; }
+  ThreadPool& pool() { return pool_; }
+
+  float* alloc(size_t n_floats) override;
+  void release(float* p) override;
+  void upload(float* dst, const float* src_host, size_t n_floats) override;
+  void download(float* dst_host, const float* src, size_t n_floats) override;
+  void copy(float* dst, const float* src, size_t n_floats) override;
+
+  std::unique_ptr<Weight> prepare_weight(const WeightView& w, DType compute) override;
+
+  void embed(const int32_t* tokens, const int32_t* positions, int M, int64_t C, const float* wte,
+             const float* wpe, float* out) override;
+  void layernorm(const float* x, int M, int64_t C, const float* gamma, const float* beta,
+                 float eps, float* out) override;
+  void matmul(const float* x, int64_t ldx, int M, const Weight& W, const float* bias, float* y,
+              Epilogue ep) override;
+  void kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
+                int layer) override;
+  void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv, int layer,
+                 float* out) override;
+  void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) override;
+  ThreadPool* host_pool() override { return &pool_; }
+
+ private:
+  Isa isa_;
+  ThreadPool pool_;
+  std::vector<float> attn_scratch_;  // (threads, max keys)
+};
+
+}  // namespace llmcore::cpu

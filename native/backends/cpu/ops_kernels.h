@@ -1,0 +1,29 @@
+// Plain-pointer entry points of the ISA-specific non-GEMM kernels (ops_avx2.cpp), called by
+// cpu_backend.cpp after a runtime CPU check. Only plain types cross this boundary.
+#pragma once
+#include <cstdint>
+
+namespace llmcore::cpu::avx2 {
+
+// Rows [0, M) of x (M, C) -> out, as ref::layernorm but in fp32.
+void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const float* beta,
+                    float eps, float* out);
+
+// Causal attention of one head h for n_rows consecutive new tokens of one sequence: query r is
+// row (row0 + r) of qkv (*, 3C) at position pos0 + r. Its keys/values for position t are at
+// block_ptr[blocks[t / 16]] + {k_off, v_off} + (t % 16) * C + h * HS. scratch holds >= pos0 +
+// n_rows floats. Every row is computed the same way whatever n_rows (batch invariance).
+void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
+                         int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
+                         int64_t k_off, int64_t v_off, float* scratch, float* out);
+
+}  // namespace llmcore::cpu::avx2
+
+// The same two kernels in plain C++ for CPUs without AVX2 (ops_scalar.cpp).
+namespace llmcore::cpu::scalar {
+void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const float* beta,
+                    float eps, float* out);
+void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
+                         int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
+                         int64_t k_off, int64_t v_off, float* scratch, float* out);
+}  // namespace llmcore::cpu::scalar

@@ -1,0 +1,189 @@
+#include "core/engine.h"
+
+#include <algorithm>
+#include <unordered_set>
+
+#include "core/errors.h"
+
+namespace llmcore {
+
+std::unique_ptr<Engine> Engine::create(const EngineOptions& o) {
+  std::unique_ptr<Engine> e(new Engine());
+  e->backend_ = create_backend(o.device, o.threads);
+  e->model_ = Gpt2Model::load(*e->backend_, o.files, o.config, o.dtype);
+  const Gpt2Config& c = e->model_->config();
+  e->kv_ = std::make_unique<KvCache>(*e->backend_, int(c.n_layer), c.n_embd, int(c.n_head));
+  ThreadPool* pool = e->backend_->host_pool();
+  e->samplers_.resize(pool ? size_t(pool->size()) : 1);
+  return e;
+}
+
+std::unique_lock<std::mutex> Engine::lock_or_throw(const char* what) {
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock())
+    throw Error(E_INTERNAL, std::string("[engine] ") + what + ": a step is running");
+  return lock;
+}
+
+Engine::Sequence& Engine::get(int32_t id, const char* what) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end())
+    throw Error(E_OPTION, std::string("[engine] ") + what + ": no sequence " + std::to_string(id));
+  return it->second;
+}
+
+int32_t Engine::new_sequence(uint64_t seed) {
+  auto lock = lock_or_throw("new sequence");
+  const int32_t id = next_id_++;
+  seqs_[id].rng.reseed(seed);
+  return id;
+}
+
+int32_t Engine::fork_sequence(int32_t parent_id, uint64_t seed) {
+  auto lock = lock_or_throw("fork sequence");
+  const Sequence& parent = get(parent_id, "fork sequence");
+  Sequence child;
+  child.tokens = parent.tokens;
+  child.rng.reseed(seed);
+  // Full blocks are shared; the partly filled last block is copied, since both will write to it.
+  const size_t used = (parent.tokens.size() + kBlockTokens - 1) / kBlockTokens;
+  const size_t full = parent.tokens.size() / kBlockTokens;
+  for (size_t i = 0; i < used; i++) {
+    const int32_t b = parent.blocks[i];
+    if (i < full) {
+      kv_->retain(b);
+      child.blocks.push_back(b);
+    } else {
+      const int32_t copy = kv_->allocate();
+      kv_->copy_block(copy, b);
+      child.blocks.push_back(copy);
+    }
+  }
+  const int32_t id = next_id_++;
+  seqs_[id] = std::move(child);
+  return id;
+}
+
+void Engine::release_sequence(int32_t id) {
+  auto lock = lock_or_throw("release sequence");
+  Sequence& s = get(id, "release sequence");
+  for (int32_t b : s.blocks) kv_->release(b);
+  seqs_.erase(id);
+}
+
+int64_t Engine::sequence_length(int32_t id) {
+  auto lock = lock_or_throw("sequence length");
+  return int64_t(get(id, "sequence length").tokens.size());
+}
+
+size_t Engine::kv_blocks_in_use() {
+  auto lock = lock_or_throw("kv stats");
+  return kv_->blocks_in_use();
+}
+
+StepResult Engine::step(const std::vector<StepItem>& items) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Gpt2Config& cfg = model_->config();
+  const int64_t V = cfg.vocab_size;
+
+  // 1) Validate everything before changing anything.
+  std::unordered_set<int32_t> in_step;
+  int64_t M = 0;
+  for (const StepItem& it : items) {
+    const Sequence& s = get(it.seq, "step");
+    if (!in_step.insert(it.seq).second)
+      throw Error(E_OPTION, "[engine] step: sequence " + std::to_string(it.seq) + " given twice");
+    if (it.tokens.empty())
+      throw Error(E_OPTION, "[engine] step: sequence " + std::to_string(it.seq) + " has no new tokens");
+    for (int32_t t : it.tokens)
+      if (t < 0 || t >= V)
+        throw Error(E_OPTION, "[engine] step: token id " + std::to_string(t) + " outside the vocabulary [0, " +
+                                  std::to_string(V) + ")");
+    const int64_t len = int64_t(s.tokens.size() + it.tokens.size());
+    if (len > cfg.n_positions)
+      throw Error(E_OPTION, "[engine] step: sequence of " + std::to_string(len) +
+                                " tokens exceeds n_positions=" + std::to_string(cfg.n_positions));
+    M += int64_t(it.tokens.size());
+  }
+  if (items.empty()) return {};
+
+  // 2) KV blocks for the new positions; a shared block about to be written is copied first.
+  for (const StepItem& it : items) {
+    Sequence& s = seqs_[it.seq];
+    const size_t first = s.tokens.size() / kBlockTokens;
+    if (first < s.blocks.size() && kv_->refcount(s.blocks[first]) > 1) {
+      const int32_t copy = kv_->allocate();
+      kv_->copy_block(copy, s.blocks[first]);
+      kv_->release(s.blocks[first]);
+      s.blocks[first] = copy;
+    }
+    const size_t need = (s.tokens.size() + it.tokens.size() + kBlockTokens - 1) / kBlockTokens;
+    while (s.blocks.size() < need) s.blocks.push_back(kv_->allocate());
+  }
+
+  // 3) The batch: rows of each sequence consecutive; which rows need logits.
+  std::vector<int32_t> tokens, positions, out_rows;
+  std::vector<AttnSeq> attn;
+  std::vector<size_t> first_out(items.size()), n_out(items.size());
+  tokens.reserve(size_t(M));
+  positions.reserve(size_t(M));
+  for (size_t i = 0; i < items.size(); i++) {
+    const StepItem& it = items[i];
+    const Sequence& s = seqs_[it.seq];
+    const int32_t row = int32_t(tokens.size()), past = int32_t(s.tokens.size());
+    const int32_t n = int32_t(it.tokens.size());
+    attn.push_back(AttnSeq{row, n, past, s.blocks.data()});
+    for (int32_t j = 0; j < n; j++) {
+      tokens.push_back(it.tokens[size_t(j)]);
+      positions.push_back(past + j);
+    }
+    first_out[i] = out_rows.size();
+    if (it.logits == LogitsMode::All)
+      for (int32_t j = 0; j < n; j++) out_rows.push_back(row + j);
+    else if (it.logits == LogitsMode::Last || it.sample)
+      out_rows.push_back(row + n - 1);
+    n_out[i] = out_rows.size() - first_out[i];
+  }
+  std::vector<float> logits(out_rows.size() * size_t(V));
+  model_->forward(tokens.data(), positions.data(), int(M), attn.data(), int(attn.size()),
+                  kv_->view(), out_rows.data(), int(out_rows.size()), logits.data());
+
+  // 4) Extend the sequences; return the requested rows (copied before sampling changes them).
+  StepResult result;
+  result.sampled.assign(items.size(), -1);
+  std::vector<int> to_sample;
+  for (size_t i = 0; i < items.size(); i++) {
+    const StepItem& it = items[i];
+    Sequence& s = seqs_[it.seq];
+    s.tokens.insert(s.tokens.end(), it.tokens.begin(), it.tokens.end());
+    if (it.logits != LogitsMode::None)
+      result.logits.insert(result.logits.end(), logits.begin() + int64_t(first_out[i]) * V,
+                           logits.begin() + int64_t(first_out[i] + n_out[i]) * V);
+    if (it.sample) to_sample.push_back(int(i));
+  }
+  auto sample_one = [&](int64_t j, int tid) {
+    const size_t i = size_t(to_sample[size_t(j)]);
+    Sequence& s = seqs_.find(items[i].seq)->second;  // lookup only: safe from pool threads
+    result.sampled[i] = samplers_[size_t(tid)].pick(logits.data() + int64_t(first_out[i] + n_out[i] - 1) * V, V,
+                                                    items[i].params, s.tokens, s.rng);
+  };
+  ThreadPool* pool = backend_->host_pool();
+  if (pool && to_sample.size() > 1) {
+    // Sampler errors (NaN logits) must not escape a pool task: collect and rethrow here.
+    std::vector<std::string> errors(to_sample.size());
+    pool->parallel_for(int64_t(to_sample.size()), [&](int64_t j, int tid) {
+      try {
+        sample_one(j, tid);
+      } catch (const std::exception& e) {
+        errors[size_t(j)] = e.what();
+      }
+    });
+    for (const auto& e : errors)
+      if (!e.empty()) throw Error(E_INTERNAL, e);
+  } else {
+    for (size_t j = 0; j < to_sample.size(); j++) sample_one(int64_t(j), 0);
+  }
+  return result;
+}
+
+}  // namespace llmcore

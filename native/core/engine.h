@@ -1,0 +1,86 @@
+// The engine: one model on one backend, its paged KV cache, and the sequences living in it.
+// A step runs one batched forward pass over any mix of sequences (prompt chunks of some, one
+// decode token of others) and samples their next tokens. The N-API glue calls it from worker
+// threads; the TypeScript scheduler decides what goes into each step.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/gpt2.h"
+#include "core/kv_cache.h"
+#include "core/sampler.h"
+
+namespace llmcore {
+
+struct EngineOptions {
+  std::vector<std::string> files;  // safetensors
+  Gpt2Config config;
+  std::string device = "cpu";
+  int threads = 0;                 // <= 0: one per core
+  std::string dtype = "auto";      // matmul weight dtype: auto | f32 | f16 | bf16
+};
+
+enum class LogitsMode : uint8_t { None = 0, Last = 1, All = 2 };
+
+struct StepItem {
+  int32_t seq = 0;
+  std::vector<int32_t> tokens;     // >= 1 new tokens to append
+  LogitsMode logits = LogitsMode::None;
+  bool sample = false;             // pick the next token from the last position's logits
+  SamplingParams params;
+};
+
+struct StepResult {
+  std::vector<int32_t> sampled;    // per item; -1 where not sampled
+  std::vector<float> logits;       // the requested rows, item by item, (rows, V)
+};
+
+class Engine {
+ public:
+  static std::unique_ptr<Engine> create(const EngineOptions& options);
+
+  const Gpt2Config& config() const { return model_->config(); }
+  std::string describe() const { return backend_->describe(); }
+  DType weight_dtype() const { return model_->weight_dtype(); }
+  size_t weight_bytes() const { return model_->weight_bytes(); }
+  Gpt2Model& model() { return *model_; }
+
+  // Sequence bookkeeping. These never wait for a running step: if one runs they throw
+  // Error(E_INTERNAL, busy); the scheduler calls them only between steps.
+  int32_t new_sequence(uint64_t seed);
+  // A copy of parent (tokens and KV, sharing full blocks) with its own random generator.
+  int32_t fork_sequence(int32_t parent, uint64_t seed);
+  void release_sequence(int32_t id);
+  int64_t sequence_length(int32_t id);
+  size_t kv_blocks_in_use();
+
+  // Validates every item first (E_OPTION: unknown sequence, token out of range, length over
+  // n_positions), then runs the batch.
+  StepResult step(const std::vector<StepItem>& items);
+
+ private:
+  struct Sequence {
+    std::vector<int32_t> blocks;
+    std::vector<int32_t> tokens;
+    Rng rng;
+  };
+  Engine() = default;
+  Sequence& get(int32_t id, const char* what);
+  std::unique_lock<std::mutex> lock_or_throw(const char* what);
+
+  // Declaration order is destruction order in reverse: the backend outlives what it allocated.
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Gpt2Model> model_;
+  std::unique_ptr<KvCache> kv_;
+  std::unordered_map<int32_t, Sequence> seqs_;
+  int32_t next_id_ = 1;
+  std::vector<Sampler> samplers_;  // one per host thread
+  std::mutex mu_;
+};
+
+}  // namespace llmcore

@@ -1,0 +1,103 @@
+#include "core/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/errors.h"
+
+namespace llmcore {
+
+static uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+void Rng::reseed(uint64_t seed) {
+  for (auto& s : s_) s = splitmix64(seed);
+}
+
+uint64_t Rng::next() {
+  const auto rotl = [](uint64_t v, int k) { return (v << k) | (v >> (64 - k)); };
+  const uint64_t result = rotl(s_[1] * 5, 7) * 9;
+  const uint64_t t = s_[1] << 17;
+  s_[2] ^= s_[0];
+  s_[3] ^= s_[1];
+  s_[1] ^= s_[2];
+  s_[0] ^= s_[3];
+  s_[2] ^= t;
+  s_[3] = rotl(s_[3], 45);
+  return result;
+}
+
+// Descending by logit; ties by lower token id, so the order never depends on the sort.
+static bool higher(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+int32_t Sampler::pick(float* logits, int64_t V, const SamplingParams& p,
+                      const std::vector<int32_t>& history, Rng& rng) {
+  if (p.repetition_penalty != 1.0f) {  // HF RepetitionPenaltyLogitsProcessor, once per token id
+    seen_.assign(size_t(V), 0);
+    for (int32_t t : history) {
+      if (t < 0 || t >= V || seen_[size_t(t)]) continue;
+      seen_[size_t(t)] = 1;
+      float& l = logits[t];
+      l = l < 0 ? l * p.repetition_penalty : l / p.repetition_penalty;
+    }
+  }
+  int32_t best = 0;
+  for (int64_t i = 1; i < V; i++)
+    if (logits[i] > logits[best]) best = int32_t(i);
+  if (!std::isfinite(logits[best]))
+    throw Error(E_INTERNAL, "[sampler] logits are not finite (NaN or inf in the model output)");
+  if (!p.do_sample) return best;
+
+  const float inv_t = 1.0f / p.temperature;
+  cand_.clear();
+  for (int64_t i = 0; i < V; i++) cand_.push_back({logits[i] * inv_t, int32_t(i)});
+
+  if (p.top_k > 0 && p.top_k < V) {  // keep every token >= the k-th largest (HF keeps ties)
+    std::nth_element(cand_.begin(), cand_.begin() + (p.top_k - 1), cand_.end(), higher);
+    const float kth = cand_[size_t(p.top_k - 1)].first;
+    cand_.erase(std::remove_if(cand_.begin(), cand_.end(),
+                               [kth](const std::pair<float, int32_t>& c) { return c.first < kth; }),
+                cand_.end());
+  }
+
+  const float max_logit = logits[best] * inv_t;
+  double total = 0;
+  for (const auto& c : cand_) total += std::exp(double(c.first) - max_logit);
+
+  size_t n_keep = cand_.size();
+  if (p.top_p < 1.0f) {
+    // HF TopPLogitsWarper drops the ascending-sorted prefix with cumulative prob <= 1 - top_p,
+    // i.e. keeps, in descending order, each token whose predecessors sum to < top_p. Sort only
+    // as much of the list as that needs.
+    size_t sorted = std::min<size_t>(cand_.size(), 256);
+    for (;;) {
+      std::partial_sort(cand_.begin(), cand_.begin() + sorted, cand_.end(), higher);
+      double cum = 0;
+      size_t r = 0;
+      for (; r < sorted && cum < p.top_p * total; r++) cum += std::exp(double(cand_[r].first) - max_logit);
+      if (cum >= p.top_p * total || sorted == cand_.size()) {
+        n_keep = std::max<size_t>(r, 1);
+        break;
+      }
+      sorted = std::min(cand_.size(), sorted * 4);
+    }
+    cand_.resize(n_keep);
+  }
+
+  double sum = 0;
+  for (const auto& c : cand_) sum += std::exp(double(c.first) - max_logit);
+  double u = rng.uniform() * sum;
+  for (const auto& c : cand_) {
+    u -= std::exp(double(c.first) - max_logit);
+    if (u < 0) return c.second;
+  }
+  return cand_.back().second;  // rounding left u >= 0 after the last token
+}
+
+}  // namespace llmcore

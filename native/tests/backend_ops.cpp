@@ -1,0 +1,275 @@
+#include "tests/backend_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+
+#include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/cpu_features.h"
+#include "backends/cpu/ops_ref.h"
+#include "core/errors.h"
+
+namespace llmcore {
+namespace {
+
+constexpr int kGuard = 16;
+constexpr float kSentinel = 1234.5f;
+
+struct Rand {
+  uint64_t s;
+  explicit Rand(uint64_t seed) : s(seed * 2654435761u + 1) {}
+  float next() {  // uniform in [-1, 1)
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return float(int32_t(s >> 32)) / 2147483648.0f;
+  }
+  size_t index(size_t n) {  // uniform in [0, n)
+    next();
+    return size_t(s >> 33) % n;
+  }
+  std::vector<float> vec(size_t n, float scale = 1.0f) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = next() * scale;
+    return v;
+  }
+};
+
+// A backend buffer with guard values on both sides; fetch() checks them.
+class Guarded {
+ public:
+  Guarded(Backend& be, const std::vector<float>& init) : be_(be), n_(init.size()) {
+    std::vector<float> host(n_ + 2 * kGuard, kSentinel);
+    std::copy(init.begin(), init.end(), host.begin() + kGuard);
+    p_ = be.alloc(host.size());
+    be.upload(p_, host.data(), host.size());
+  }
+  ~Guarded() { be_.release(p_); }
+  float* get() { return p_ + kGuard; }
+  // Returns the contents; false in *guards_ok when anything outside was written.
+  std::vector<float> fetch(bool* guards_ok) {
+    std::vector<float> host(n_ + 2 * kGuard);
+    be_.download(host.data(), p_, host.size());
+    for (int i = 0; i < kGuard; i++)
+      if (host[size_t(i)] != kSentinel || host[n_ + kGuard + size_t(i)] != kSentinel) *guards_ok = false;
+    return std::vector<float>(host.begin() + kGuard, host.end() - kGuard);
+  }
+
+ private:
+  Backend& be_;
+  size_t n_;
+  float* p_;
+};
+
+void compare(OpCase& c, const std::vector<float>& got, const std::vector<float>& want, bool guards_ok) {
+  double max_ref = 0, max_diff = 0;
+  bool finite = true;
+  for (size_t i = 0; i < want.size(); i++) {
+    if (!std::isfinite(got[i])) finite = false;
+    max_ref = std::max(max_ref, double(std::fabs(want[i])));
+    max_diff = std::max(max_diff, double(std::fabs(got[i] - want[i])));
+  }
+  c.max_err = std::max(c.max_err, max_diff / std::max(1.0, max_ref));
+  c.ok = finite && guards_ok && c.max_err <= c.tol;
+  if (!finite) c.note = "NaN/Inf in output";
+  else if (!guards_ok) c.note = "wrote outside its output";
+  else if (!c.ok) c.note = "error above tolerance";
+}
+
+std::vector<float> round_to(const std::vector<float>& v, DType t) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); i++)
+    out[i] = t == DType::F32 ? v[i] : t == DType::BF16 ? bf16_to_f32(f32_to_bf16(v[i])) : f16_to_f32(f32_to_f16(v[i]));
+  return out;
+}
+
+// Stored bytes of W (N, K) in dtype t, in (K, N) order when kn.
+std::vector<uint8_t> store_weight(const std::vector<float>& W, int64_t N, int64_t K, DType t, bool kn) {
+  std::vector<uint8_t> bytes(size_t(N * K) * dtype_size(t));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t k = 0; k < K; k++) {
+      const size_t i = size_t(kn ? k * N + n : n * K + k);
+      const float v = W[size_t(n * K + k)];
+      if (t == DType::F32) std::memcpy(bytes.data() + 4 * i, &v, 4);
+      else {
+        const uint16_t h = t == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(bytes.data() + 2 * i, &h, 2);
+      }
+    }
+  return bytes;
+}
+
+void test_layernorm(Backend& be, const std::string& name, std::vector<OpCase>& out, Rand& rng) {
+  for (int M : {1, 7, 33})
+    for (int64_t C : {1, 17, 64, 200, 768}) {
+      OpCase c{name, "layernorm", "M=" + std::to_string(M) + " C=" + std::to_string(C)};
+      c.tol = 1e-5;
+      auto x = rng.vec(size_t(M * C), 3.0f), g = rng.vec(size_t(C)), b = rng.vec(size_t(C));
+      std::vector<float> want(x.size());
+      ref::layernorm(x.data(), M, C, g.data(), b.data(), 1e-5f, want.data());
+      Guarded dx(be, x), dg(be, g), db(be, b), dy(be, std::vector<float>(x.size(), 0.f));
+      be.layernorm(dx.get(), M, C, dg.get(), db.get(), 1e-5f, dy.get());
+      bool ok = true;
+      compare(c, dy.fetch(&ok), want, ok);
+      out.push_back(c);
+    }
+}
+
+void test_matmul(Backend& be, const std::string& name, bool bf16_dot, bool quick,
+                 std::vector<OpCase>& out, Rand& rng) {
+  struct Shape { int M; int64_t N, K; };
+  std::vector<Shape> shapes = {{1, 17, 65}, {7, 33, 64}, {33, 50, 200}, {1, 2304, 768}, {5, 1, 3}};
+  if (!quick) shapes.insert(shapes.end(), {{13, 1003, 768}, {100, 31, 1}, {512, 96, 768}, {32, 3072, 768}});
+  const char* ep_names[] = {"store", "gelu", "addto"};
+  for (const Shape& s : shapes)
+    for (DType t : {DType::F32, DType::F16, DType::BF16})
+      for (bool kn : {true, false})
+        for (Epilogue ep : {Epilogue::Store, Epilogue::Gelu, Epilogue::AddTo}) {
+          OpCase c{name, "matmul", "M=" + std::to_string(s.M) + " N=" + std::to_string(s.N) + " K=" +
+                                       std::to_string(s.K) + " " + dtype_name(t) + (kn ? " kn " : " nk ") +
+                                       ep_names[int(ep)]};
+          // vdpbf16ps rounds activations to bf16 too: its error is that of bf16 inputs.
+          c.tol = (bf16_dot && t == DType::BF16) ? 2e-2 : 2e-5;
+          const float w_scale = 1.0f / std::sqrt(float(s.K));
+          auto x = rng.vec(size_t(s.M * s.K)), bias = rng.vec(size_t(s.N));
+          auto W = round_to(rng.vec(size_t(s.N * s.K), w_scale), t);
+          auto y0 = rng.vec(size_t(s.M * s.N));
+          std::vector<float> want = y0;
+          ref::matmul(x.data(), s.K, s.M, W.data(), s.N, s.K, bias.data(), want.data(), ep);
+          auto stored = store_weight(W, s.N, s.K, t, kn);
+          auto w = be.prepare_weight(WeightView{stored.data(), t, s.N, s.K, kn, "test"}, t);
+          Guarded dx(be, x), db(be, bias), dy(be, y0);
+          be.matmul(dx.get(), s.K, s.M, *w, db.get(), dy.get(), ep);
+          bool ok = true;
+          compare(c, dy.fetch(&ok), want, ok);
+          out.push_back(c);
+        }
+}
+
+// kv_store + attention over a paged cache holding `past` random positions per sequence.
+void test_attention(Backend& be, const std::string& name, bool quick, std::vector<OpCase>& out, Rand& rng) {
+  struct Case { int NH; int64_t HS; std::vector<std::pair<int, int>> seqs; };  // (past, n_new)
+  std::vector<Case> cases = {
+      {1, 1, {{0, 1}}},           {2, 8, {{0, 5}}},
+      {3, 12, {{15, 1}, {16, 1}, {17, 3}}},
+      {4, 64, {{0, 37}, {40, 1}, {3, 16}}},
+      {2, 33, {{31, 2}}},
+  };
+  if (!quick) cases.push_back({2, 64, {{0, 1024}}}), cases.push_back({2, 64, {{1023, 1}, {0, 1}}});
+  const int L = 2, layer = 1;
+  for (const Case& k : cases) {
+    const int64_t C = k.NH * k.HS;
+    std::string shape = "NH=" + std::to_string(k.NH) + " HS=" + std::to_string(k.HS) + " (past,new)=";
+    int M = 0, n_blocks = 0;
+    for (auto [past, n] : k.seqs) {
+      shape += "(" + std::to_string(past) + "," + std::to_string(n) + ")";
+      M += n;
+      n_blocks += (past + n + kBlockTokens - 1) / kBlockTokens;
+    }
+    const size_t block_floats = size_t(L) * 2 * kBlockTokens * C;
+    // Blocks are handed out in a shuffled order, as a real cache would after reuse.
+    std::vector<int32_t> order(static_cast<size_t>(n_blocks));
+    for (int i = 0; i < n_blocks; i++) order[size_t(i)] = i;
+    for (int i = n_blocks - 1; i > 0; i--) std::swap(order[size_t(i)], order[rng.index(size_t(i + 1))]);
+    std::vector<std::vector<int32_t>> tables;
+    std::vector<AttnSeq> seqs;
+    int row = 0, next = 0;
+    for (auto [past, n] : k.seqs) {
+      std::vector<int32_t> t;
+      for (int b = 0; b < (past + n + kBlockTokens - 1) / kBlockTokens; b++) t.push_back(order[size_t(next++)]);
+      tables.push_back(t);
+      seqs.push_back(AttnSeq{row, n, past, nullptr});
+      row += n;
+    }
+    for (size_t i = 0; i < seqs.size(); i++) seqs[i].blocks = tables[i].data();
+    auto pool_init = rng.vec(block_floats * size_t(n_blocks));
+    auto qkv = rng.vec(size_t(M) * 3 * size_t(C), 2.0f);
+
+    // Reference on host memory.
+    std::vector<float> ref_pool = pool_init;
+    std::vector<float*> ref_ptrs;
+    for (int b = 0; b < n_blocks; b++) ref_ptrs.push_back(ref_pool.data() + size_t(b) * block_floats);
+    KvView ref_kv{ref_ptrs.data(), C, k.NH};
+    std::vector<float> want(size_t(M * C));
+    ref::kv_store(qkv.data(), seqs.data(), int(seqs.size()), ref_kv, layer);
+    ref::attention(qkv.data(), seqs.data(), int(seqs.size()), ref_kv, layer, want.data());
+
+    Guarded dpool(be, pool_init), dqkv(be, qkv), dout(be, std::vector<float>(size_t(M * C), 0.f));
+    std::vector<float*> ptrs;
+    for (int b = 0; b < n_blocks; b++) ptrs.push_back(dpool.get() + size_t(b) * block_floats);
+    KvView kv{ptrs.data(), C, k.NH};
+    be.kv_store(dqkv.get(), seqs.data(), int(seqs.size()), kv, layer);
+    be.attention(dqkv.get(), seqs.data(), int(seqs.size()), kv, layer, dout.get());
+
+    OpCase store{name, "kv_store", shape};
+    store.tol = 0;
+    bool ok = true;
+    compare(store, dpool.fetch(&ok), ref_pool, ok);
+    out.push_back(store);
+    OpCase att{name, "attention", shape};
+    att.tol = 1e-5;
+    ok = true;
+    compare(att, dout.fetch(&ok), want, ok);
+    out.push_back(att);
+  }
+}
+
+void test_small_ops(Backend& be, const std::string& name, std::vector<OpCase>& out, Rand& rng) {
+  const int M = 5, V = 50, P = 20;
+  const int64_t C = 17;
+  std::vector<int32_t> tokens = {0, 49, 7, 7, 23}, positions = {0, 1, 2, 19, 4};
+  auto wte = rng.vec(size_t(V * C)), wpe = rng.vec(size_t(P * C));
+  std::vector<float> want(size_t(M * C));
+  ref::embed(tokens.data(), positions.data(), M, C, wte.data(), wpe.data(), want.data());
+  Guarded dwte(be, wte), dwpe(be, wpe), dout(be, std::vector<float>(want.size(), 0.f));
+  be.embed(tokens.data(), positions.data(), M, C, dwte.get(), dwpe.get(), dout.get());
+  OpCase e{name, "embed", "M=5 C=17 V=50"};
+  e.tol = 1e-7;
+  bool ok = true;
+  compare(e, dout.fetch(&ok), want, ok);
+  out.push_back(e);
+
+  std::vector<int32_t> rows = {4, 0, 2};
+  std::vector<float> want_rows(3 * size_t(C));
+  ref::gather_rows(wte.data(), rows.data(), 3, C, want_rows.data());
+  Guarded drows(be, std::vector<float>(want_rows.size(), 0.f));
+  be.gather_rows(dwte.get(), rows.data(), 3, C, drows.get());
+  OpCase g{name, "gather", "n=3 C=17"};
+  g.tol = 0;
+  ok = true;
+  compare(g, drows.fetch(&ok), want_rows, ok);
+  out.push_back(g);
+}
+
+}  // namespace
+
+std::vector<OpCase> run_backend_ops(bool quick) {
+  std::vector<OpCase> out;
+  for (cpu::Isa isa : {cpu::Isa::Scalar, cpu::Isa::Avx2, cpu::Isa::Avx512}) {
+    const std::string name = std::string("cpu/") + cpu::isa_name(isa);
+    if (!cpu::isa_supported(isa)) {
+      OpCase c{name, "*", "-"};
+      c.supported = false;
+      c.note = "this CPU lacks the instructions";
+      out.push_back(c);
+      continue;
+    }
+    cpu::CpuBackend be(2, isa);
+    const bool bf16_dot = isa == cpu::Isa::Avx512 && cpu::cpu_features().avx512bf16;
+    Rand rng(42);
+    try {
+      test_layernorm(be, name, out, rng);
+      test_matmul(be, name, bf16_dot, quick, out, rng);
+      test_attention(be, name, quick, out, rng);
+      test_small_ops(be, name, out, rng);
+    } catch (const std::exception& e) {
+      OpCase c{name, "*", "-"};
+      c.note = std::string("threw: ") + e.what();
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace llmcore
