@@ -36,14 +36,18 @@ inline uint16_t f32_to_bf16(float f) {
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
 
-// Element i of a weight stored as `t` at `data`, widened to fp32.
+// Element i of a weight stored as `t` at `data`, widened to fp32. memcpy: safetensors data
+// need not be aligned to its element size.
 inline float load_as_f32(const void* data, DType t, size_t i) {
-  switch (t) {
-    case DType::F32: return static_cast<const float*>(data)[i];
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  if (t == DType::F32) {
+    float f;
+    std::memcpy(&f, p + 4 * i, 4);
+    return f;
   }
-  return 0.f;
+  uint16_t h;
+  std::memcpy(&h, p + 2 * i, 2);
+  return t == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
 }
 
 }  // namespace llmcore
