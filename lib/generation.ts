@@ -1,0 +1,274 @@
+// One prompt -> numReturnSequences continuations: the prompt is computed once, its KV cache
+// forked, and every sequence then decodes in the shared scheduler batch. Used by generate()
+// (collects) and stream() (emits pieces as they complete).
+import type { ModelConfig } from './config';
+import { OptionError } from './errors';
+import { newTokenBudget, type ResolvedOptions } from './options';
+import { LogitsMode, Scheduler, type ActiveSequence } from './scheduler';
+import type { Gpt2Tokenizer } from './tokenizer';
+
+export type FinishReason = 'length' | 'eos' | 'stop' | 'abort';
+
+export interface GeneratedSequence {
+  /** The continuation (the prompt not included); ends before a matched stop string. */
+  text: string;
+  /** Generated token ids (an end-of-text token included when finishReason is 'eos'). */
+  tokens: number[];
+  finishReason: FinishReason;
+}
+
+export interface GenerationStats {
+  promptTokens: number;
+  generatedTokens: number;
+  /** From the call to the first new token of every sequence. */
+  prefillMs: number;
+  /** From there to the last sequence's end. */
+  decodeMs: number;
+}
+
+export interface GenerationResult {
+  /** The prompt as text (decoded when it was given as token ids). */
+  prompt: string;
+  promptTokens: number[];
+  sequences: GeneratedSequence[];
+  stats: GenerationStats;
+}
+
+export interface StreamChunk {
+  /** Which of the numReturnSequences this piece belongs to. */
+  index: number;
+  /** New text; never splits a UTF-8 character, never shows part of a stop string. */
+  text: string;
+  /** Token ids generated since the previous chunk of this sequence. */
+  tokens: number[];
+  /** Set on the sequence's last chunk. */
+  finishReason?: FinishReason;
+}
+
+export interface GenerationContext {
+  scheduler: Scheduler;
+  tokenizer: Gpt2Tokenizer;
+  config: ModelConfig;
+}
+
+export function checkTokenIds(ids: readonly number[], config: ModelConfig, what: string): void {
+  for (const t of ids)
+    if (!Number.isInteger(t) || t < 0 || t >= config.vocabSize)
+      throw new OptionError(`[${what}] token id ${String(t)} is not an integer in [0, ${config.vocabSize})`);
+}
+
+/** Feeds tokens to a sequence without sampling; resolves once they are all in its KV cache. */
+export function prefill(scheduler: Scheduler, id: number, tokens: number[], logits: LogitsMode,
+                        onLogits?: (rows: Float32Array) => void, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const seq: ActiveSequence = {
+      id,
+      pending: tokens.slice(),
+      sample: false,
+      logits,
+      params: new Float32Array(5),
+      cancelled: false,
+      onStep: (_sampled, rows, drained) => {
+        if (rows && onLogits) onLogits(rows);
+        if (drained) resolve();
+      },
+      onError: reject,
+    };
+    signal?.addEventListener('abort', () => {
+      seq.cancelled = true;
+      resolve();
+    }, { once: true });
+    scheduler.add(seq);
+  });
+}
+
+/** Longest suffix of text that is a proper prefix of a stop string: text that may not show yet. */
+function heldBack(text: string, stops: string[]): number {
+  let held = 0;
+  for (const s of stops)
+    for (let k = Math.min(s.length - 1, text.length); k > held; k--)
+      if (text.endsWith(s.slice(0, k))) {
+        held = k;
+        break;
+      }
+  return held;
+}
+
+class SequenceRun implements ActiveSequence {
+  pending: number[];
+  sample = true;
+  logits: LogitsMode = LogitsMode.None;
+  cancelled = false;
+  readonly params: Float32Array;
+  readonly out: GeneratedSequence = { text: '', tokens: [], finishReason: 'length' };
+  firstTokenAt = 0;
+  private emittedText = 0;
+  private emittedTokens = 0;
+  private readonly decoder;
+  private done = false;
+  private resolveDone!: () => void;
+  private rejectDone!: (err: unknown) => void;
+  readonly finished = new Promise<void>((res, rej) => {
+    this.resolveDone = res;
+    this.rejectDone = rej;
+  });
+
+  constructor(
+    readonly id: number,
+    readonly index: number,
+    lastPromptToken: number,
+    private readonly budget: number,
+    private readonly ctx: GenerationContext,
+    private readonly opts: ResolvedOptions,
+    private readonly onChunk?: (c: StreamChunk) => void,
+  ) {
+    this.pending = [lastPromptToken];
+    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty);
+    this.decoder = ctx.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+  }
+
+  onStep(token: number, _logits: Float32Array | null, drained: boolean): void {
+    if (this.done || !drained) return;
+    if (this.out.tokens.length === 0) this.firstTokenAt = performance.now();
+    this.out.tokens.push(token);
+    if (token === this.ctx.config.eosTokenId) return this.finish('eos');
+    const before = this.out.text.length;
+    this.out.text += this.decoder.push(token);
+    const stops = this.opts.stop;
+    if (stops.length > 0 && this.out.text.length > before) {
+      const longest = Math.max(...stops.map((s) => s.length));
+      const from = Math.max(0, before - longest + 1);
+      let cut = -1;
+      for (const s of stops) {
+        const at = this.out.text.indexOf(s, from);
+        if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+      }
+      if (cut >= 0) {
+        this.out.text = this.out.text.slice(0, cut);
+        return this.finish('stop');
+      }
+    }
+    if (this.out.tokens.length >= this.budget) return this.finish('length');
+    this.emit(false);
+    this.pending.push(token);
+  }
+
+  onError(err: unknown): void {
+    if (this.done) return;
+    this.done = true;
+    this.cancelled = true;
+    this.release();
+    this.rejectDone(err);
+  }
+
+  abort(): void {
+    if (!this.done) this.finish('abort');
+  }
+
+  private finish(reason: FinishReason): void {
+    this.done = true;
+    this.cancelled = true;
+    this.out.finishReason = reason;
+    if (reason !== 'stop') this.out.text += this.decoder.flush();
+    this.emit(true);
+    this.release();
+    this.resolveDone();
+  }
+
+  private emit(final: boolean): void {
+    if (!this.onChunk) return;
+    const upTo = final ? this.out.text.length : this.out.text.length - heldBack(this.out.text, this.opts.stop);
+    if (upTo <= this.emittedText && !final) return;
+    const chunk: StreamChunk = {
+      index: this.index,
+      text: this.out.text.slice(this.emittedText, Math.max(upTo, this.emittedText)),
+      tokens: this.out.tokens.slice(this.emittedTokens),
+    };
+    if (final) chunk.finishReason = this.out.finishReason;
+    this.emittedText = Math.max(upTo, this.emittedText);
+    this.emittedTokens = this.out.tokens.length;
+    this.onChunk(chunk);
+  }
+
+  private release(): void {
+    this.ctx.scheduler.exclusive((e) => e.releaseSequence(this.id)).catch(() => undefined);
+  }
+}
+
+const seedFor = (seed: number, i: number) => (seed + i) % Number.MAX_SAFE_INTEGER;
+
+export async function runPrompt(
+  ctx: GenerationContext,
+  promptTokens: number[],
+  promptText: string,
+  opts: ResolvedOptions,
+  onChunk?: (c: StreamChunk) => void,
+): Promise<GenerationResult> {
+  const start = performance.now();
+  const { scheduler, config } = ctx;
+  if (promptTokens.length === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
+  checkTokenIds(promptTokens, config, 'generate');
+  const budget = newTokenBudget(opts, promptTokens.length, config);
+  const n = opts.numReturnSequences;
+  const result = (sequences: GeneratedSequence[], firstAt: number): GenerationResult => {
+    const end = performance.now();
+    return {
+      prompt: promptText,
+      promptTokens,
+      sequences,
+      stats: {
+        promptTokens: promptTokens.length,
+        generatedTokens: sequences.reduce((s, q) => s + q.tokens.length, 0),
+        prefillMs: (firstAt || end) - start,
+        decodeMs: firstAt ? end - firstAt : 0,
+      },
+    };
+  };
+  const empty = (reason: FinishReason) =>
+    Array.from({ length: n }, (_, index) => {
+      onChunk?.({ index, text: '', tokens: [], finishReason: reason });
+      return { text: '', tokens: [], finishReason: reason };
+    });
+  if (budget === 0) return result(empty('length'), 0);
+  if (opts.signal?.aborted) return result(empty('abort'), 0);
+
+  // The prompt but its last token goes into one sequence; forks share that KV cache; each then
+  // feeds the last prompt token and samples its own continuation.
+  const parent = await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)));
+  const releaseAll = (ids: number[]) =>
+    scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
+  let ids: number[];
+  try {
+    if (promptTokens.length > 1)
+      await prefill(scheduler, parent, promptTokens.slice(0, -1), LogitsMode.None, undefined, opts.signal);
+    ids = await scheduler.exclusive((e) => {
+      const forks: number[] = [parent];
+      try {
+        for (let i = 1; i < n && !opts.signal?.aborted; i++) forks.push(e.forkSequence(parent, seedFor(opts.seed, i)));
+      } catch (err) {
+        forks.forEach((id) => e.releaseSequence(id));
+        throw err;
+      }
+      return forks;
+    });
+  } catch (err) {
+    void releaseAll([parent]);
+    throw err;
+  }
+  if (opts.signal?.aborted) {
+    void releaseAll(ids);
+    return result(empty('abort'), 0);
+  }
+  const last = promptTokens[promptTokens.length - 1];
+  const runs = ids.map((id, i) => new SequenceRun(id, i, last, budget, ctx, opts, onChunk));
+  const onAbort = () => runs.forEach((r) => r.abort());
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    runs.forEach((r) => scheduler.add(r));
+    await Promise.all(runs.map((r) => r.finished));
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+  const firstAt = Math.max(...runs.map((r) => r.firstTokenAt));
+  return result(runs.map((r) => r.out), firstAt);
+}

@@ -1,0 +1,213 @@
+// The user-facing model: loadModel() and generate / stream / logits / dispose.
+import { readCheckpoint, type GenerationDefaults, type ModelConfig } from './config';
+import { BackendError, DisposedError, OptionError, callNative } from './errors';
+import {
+  checkTokenIds, prefill, runPrompt, type GenerationContext, type GenerationResult, type StreamChunk,
+} from './generation';
+import { native, type NativeEngine, type NativeEngineInfo } from './native';
+import { resolveOptions, type GenerateOptions } from './options';
+import { LogitsMode, Scheduler } from './scheduler';
+import { Gpt2Tokenizer } from './tokenizer';
+
+export type Device = 'auto' | 'cpu' | 'cuda';
+export type WeightDtype = 'auto' | 'f32' | 'f16' | 'bf16';
+
+export interface LoadOptions {
+  /** 'auto' (default): CUDA when a CUDA backend can start, else the CPU. */
+  device?: Device;
+  /** CPU threads; default one per core. */
+  threads?: number;
+  /** Keep matmul weights as stored ('auto', default) or convert once at load. */
+  dtype?: WeightDtype;
+}
+
+export type Prompt = string | number[];
+
+export interface ModelInfo extends NativeEngineInfo {
+  dir: string;
+  device: 'cpu' | 'cuda';
+}
+
+const LOAD_KEYS = new Set(['device', 'threads', 'dtype']);
+
+function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
+  if (o !== undefined && (typeof o !== 'object' || o === null)) throw new OptionError('[loadModel] options must be an object');
+  for (const k of Object.keys(o ?? {}))
+    if (!LOAD_KEYS.has(k)) throw new OptionError(`[loadModel] unknown option ${k} (expected device, threads, dtype)`);
+  const device = o?.device ?? 'auto';
+  if (!['auto', 'cpu', 'cuda'].includes(device))
+    throw new OptionError(`[loadModel] option device must be 'auto', 'cpu' or 'cuda', got ${String(device)}`);
+  const threads = o?.threads ?? 0;
+  if (!Number.isInteger(threads) || threads < 0 || threads > 1024)
+    throw new OptionError(`[loadModel] option threads must be an integer in [1, 1024], got ${String(threads)}`);
+  const dtype = o?.dtype ?? 'auto';
+  if (!['auto', 'f32', 'f16', 'bf16'].includes(dtype))
+    throw new OptionError(`[loadModel] option dtype must be 'auto', 'f32', 'f16' or 'bf16', got ${String(dtype)}`);
+  return { device, threads, dtype };
+}
+
+/** Loads a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, tokenizer). */
+export async function loadModel(dir: string, options?: LoadOptions): Promise<Model> {
+  if (typeof dir !== 'string' || dir.length === 0) throw new OptionError('[loadModel] dir must be a non-empty path');
+  const opts = checkLoadOptions(options);
+  const ckpt = await readCheckpoint(dir);
+  const tokenizer = await Gpt2Tokenizer.fromDirectory(ckpt.dir);
+  if (tokenizer.vocabSize > ckpt.config.vocabSize)
+    throw new OptionError(
+      `[loadModel] ${ckpt.dir}: the tokenizer has ${tokenizer.vocabSize} tokens but config.json vocab_size is ${ckpt.config.vocabSize}`,
+    );
+  const c = ckpt.config;
+  const load = (device: string) =>
+    callNative(() =>
+      native().loadEngine({
+        files: ckpt.weightFiles,
+        config: {
+          vocabSize: c.vocabSize, nPositions: c.nPositions, nEmbd: c.nEmbd, nLayer: c.nLayer, nHead: c.nHead,
+          layerNormEpsilon: c.layerNormEpsilon, tieWordEmbeddings: c.tieWordEmbeddings,
+        },
+        device,
+        threads: opts.threads,
+        dtype: opts.dtype,
+      }),
+    );
+  let engine: NativeEngine;
+  let device: 'cpu' | 'cuda' = opts.device === 'cuda' ? 'cuda' : 'cpu';
+  if (opts.device === 'auto') {
+    try {
+      engine = await load('cuda');
+      device = 'cuda';
+    } catch (err) {
+      if (!(err instanceof BackendError)) throw err;
+      engine = await load('cpu');
+    }
+  } else {
+    engine = await load(opts.device);
+  }
+  return new Model(ckpt.dir, c, ckpt.generationDefaults, tokenizer, engine, device);
+}
+
+export class Model {
+  readonly info: ModelInfo;
+  private readonly scheduler: Scheduler;
+  private disposed = false;
+
+  /** @internal use loadModel() */
+  constructor(
+    readonly dir: string,
+    readonly config: ModelConfig,
+    readonly generationDefaults: GenerationDefaults,
+    readonly tokenizer: Gpt2Tokenizer,
+    private readonly engine: NativeEngine,
+    device: 'cpu' | 'cuda',
+  ) {
+    this.info = { ...engine.info(), dir, device };
+    this.scheduler = new Scheduler(engine, config.vocabSize);
+  }
+
+  /**
+   * Generates numReturnSequences continuations of a prompt (text or token ids), or of each
+   * prompt of an array; concurrent calls share batched forward passes.
+   */
+  generate(prompt: Prompt, options?: GenerateOptions): Promise<GenerationResult>;
+  generate(prompts: Prompt[], options?: GenerateOptions): Promise<GenerationResult[]>;
+  async generate(input: Prompt | Prompt[], options?: GenerateOptions): Promise<GenerationResult | GenerationResult[]> {
+    this.checkAlive();
+    const opts = resolveOptions(options, this.config, this.generationDefaults);
+    const many = Array.isArray(input) && input.length > 0 && typeof input[0] !== 'number';
+    const prompts = (many ? input : [input]) as Prompt[];
+    if (Array.isArray(input) && input.length === 0) throw new OptionError('[generate] no prompt given (empty array)');
+    const encoded = prompts.map((p) => this.encodePrompt(p));
+    const results = await Promise.all(encoded.map(([ids, text]) => runPrompt(this.context(), ids, text, opts)));
+    return many ? results : results[0];
+  }
+
+  /** Streams a prompt's continuation(s) as text pieces with their token ids. */
+  async *stream(prompt: Prompt, options?: GenerateOptions): AsyncGenerator<StreamChunk, void, undefined> {
+    this.checkAlive();
+    const stop = new AbortController();
+    const user = options?.signal;
+    const signal = user ? AbortSignal.any([user, stop.signal]) : stop.signal;
+    const opts = resolveOptions({ ...options, signal }, this.config, this.generationDefaults);
+    const [ids, text] = this.encodePrompt(prompt);
+    const queue: StreamChunk[] = [];
+    let wake: (() => void) | undefined;
+    let finished = false;
+    let failure: unknown;
+    const run = runPrompt(this.context(), ids, text, opts, (c) => {
+      queue.push(c);
+      wake?.();
+    }).then(
+      () => { finished = true; wake?.(); },
+      (err) => { failure = err; finished = true; wake?.(); },
+    );
+    try {
+      for (;;) {
+        const next = queue.shift();
+        if (next) {
+          yield next;
+          continue;
+        }
+        if (finished) {
+          if (failure) throw failure;
+          return;
+        }
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+    } finally {
+      stop.abort();  // the consumer stopped early: end the sequences
+      await run;
+    }
+  }
+
+  /** Logits of every position: a Float32Array of tokenIds.length * vocabSize. */
+  async logits(tokenIds: number[]): Promise<Float32Array> {
+    this.checkAlive();
+    if (!Array.isArray(tokenIds) || tokenIds.length === 0) throw new OptionError('[logits] tokenIds must be a non-empty array');
+    checkTokenIds(tokenIds, this.config, 'logits');
+    if (tokenIds.length > this.config.nPositions)
+      throw new OptionError(`[logits] ${tokenIds.length} tokens exceed the model's n_positions=${this.config.nPositions}`);
+    const V = this.config.vocabSize;
+    const out = new Float32Array(tokenIds.length * V);
+    let filled = 0;
+    const id = await this.scheduler.exclusive((e) => e.newSequence(0));
+    try {
+      await prefill(this.scheduler, id, tokenIds, LogitsMode.All, (rows) => {
+        out.set(rows, filled);
+        filled += rows.length;
+      });
+    } finally {
+      this.scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
+    }
+    return out;
+  }
+
+  /** Frees the native model; later calls throw DisposedError. Safe to call twice. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.scheduler.close(new DisposedError('[model] the model was disposed while this call was running'));
+    this.engine.dispose();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+
+  private checkAlive(): void {
+    if (this.disposed) throw new DisposedError();
+  }
+
+  private context(): GenerationContext {
+    return { scheduler: this.scheduler, tokenizer: this.tokenizer, config: this.config };
+  }
+
+  private encodePrompt(p: Prompt): [number[], string] {
+    if (typeof p === 'string') return [this.tokenizer.encode(p), p];
+    if (Array.isArray(p)) {
+      checkTokenIds(p, this.config, 'generate');
+      return [p.slice(), this.tokenizer.decode(p)];
+    }
+    throw new OptionError('[generate] a prompt must be a string or an array of token ids');
+  }
+}

@@ -1,0 +1,104 @@
+// The native surface, declared once. Only the facade imports this file.
+import * as path from 'node:path';
+import { LlmcoreError } from './errors';
+
+export interface NativeConfig {
+  vocabSize: number;
+  nPositions: number;
+  nEmbd: number;
+  nLayer: number;
+  nHead: number;
+  layerNormEpsilon: number;
+  tieWordEmbeddings: boolean;
+}
+
+export interface NativeLoadOptions {
+  files: string[];
+  config: NativeConfig;
+  device: string;
+  threads: number;
+  dtype: 'auto' | 'f32' | 'f16' | 'bf16';
+}
+
+export interface NativeEngineInfo {
+  vocabSize: number;
+  nPositions: number;
+  nEmbd: number;
+  nLayer: number;
+  nHead: number;
+  backend: string;
+  weightDtype: 'F32' | 'F16' | 'BF16';
+  weightBytes: number;
+}
+
+/** One batched forward pass; item i covers tokens[sum(counts[0..i)) .. +counts[i]). */
+export interface NativeStepRequest {
+  seqs: Int32Array;
+  counts: Int32Array;
+  tokens: Int32Array;
+  /** 0: none, 1: last position, 2: all positions */
+  logits: Uint8Array;
+  sample: Uint8Array;
+  /** 5 per item: doSample (0/1), temperature, topK, topP, repetitionPenalty */
+  params: Float32Array;
+}
+
+export interface NativeStepResult {
+  /** per item; -1 where not sampled */
+  sampled: Int32Array;
+  /** the requested logits rows, item by item */
+  logits: Float32Array;
+}
+
+export interface NativeEngine {
+  info(): NativeEngineInfo;
+  newSequence(seed: number): number;
+  forkSequence(parent: number, seed: number): number;
+  releaseSequence(id: number): void;
+  sequenceLength(id: number): number;
+  kvBlocksInUse(): number;
+  step(request: NativeStepRequest): Promise<NativeStepResult>;
+  dispose(): void;
+}
+
+export interface BackendOpCase {
+  backend: string;
+  op: string;
+  shape: string;
+  maxErr: number;
+  tol: number;
+  supported: boolean;
+  ok: boolean;
+  note: string;
+}
+
+export interface NativeAddon {
+  loadEngine(options: NativeLoadOptions): Promise<NativeEngine>;
+  cpuInfo(): { features: string; isa: string };
+  runBackendOps(quick: boolean): Promise<BackendOpCase[]>;
+  measureRoofline(threads: number, bytes: number): Promise<{ peakGflops: number; readGBs: number; threads: number }>;
+  interfaceVersion: number;
+}
+
+let addon: NativeAddon | undefined;
+
+/** Loads the compiled addon (a prebuild or build/Release) on first use. */
+export function native(): NativeAddon {
+  if (addon) return addon;
+  const root = path.join(__dirname, '..', '..');
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const load = require('node-gyp-build') as (dir: string) => unknown;
+    addon = load(root) as NativeAddon;
+  } catch (err) {
+    throw new LlmcoreError(
+      'E_NATIVE_LOAD',
+      `[llmcore] no native binary for ${process.platform}-${process.arch} (node ${process.versions.node}, ` +
+        `abi ${process.versions.modules}) could be loaded from ${root}: ${(err as Error).message}\n` +
+        'Possible solutions: run `npm rebuild llmcore` (needs python3, make and a C++17 compiler), ' +
+        'or use a platform with a prebuilt binary (linux-x64).',
+      { cause: err },
+    );
+  }
+  return addon;
+}

@@ -1,0 +1,132 @@
+// Validation of user options, before anything native runs. Names follow Hugging Face's
+// generate() in camelCase; errors name the option and what was expected.
+import { OptionError } from './errors';
+import type { GenerationDefaults, ModelConfig } from './config';
+
+export interface GenerateOptions {
+  /** Total length, prompt included (HF max_length). Default: the checkpoint's, else 20. */
+  maxLength?: number;
+  /** New tokens to generate; takes precedence over maxLength (HF max_new_tokens). */
+  maxNewTokens?: number;
+  /** Sequences per prompt; the prompt is computed once and its KV cache forked. */
+  numReturnSequences?: number;
+  /** Sample (true) or greedy (false). Default: the checkpoint's generation defaults, else false. */
+  doSample?: boolean;
+  temperature?: number;
+  /** Keep the k most likely tokens (0: off). HF default 50. */
+  topK?: number;
+  /** Nucleus sampling mass in (0, 1]. */
+  topP?: number;
+  /** HF repetition_penalty (> 0; 1: off). */
+  repetitionPenalty?: number;
+  /** Same seed, same output. Default: random. */
+  seed?: number;
+  /** Stop when the continuation contains any of these; the text ends before it. */
+  stop?: string | string[];
+  /** Aborts generation; sequences end with finishReason 'abort'. */
+  signal?: AbortSignal;
+}
+
+export interface ResolvedOptions {
+  maxLength: number | undefined;
+  maxNewTokens: number | undefined;
+  numReturnSequences: number;
+  doSample: boolean;
+  temperature: number;
+  topK: number;
+  topP: number;
+  repetitionPenalty: number;
+  seed: number;
+  stop: string[];
+  signal: AbortSignal | undefined;
+}
+
+const known: ReadonlySet<string> = new Set([
+  'maxLength', 'maxNewTokens', 'numReturnSequences', 'doSample', 'temperature', 'topK', 'topP',
+  'repetitionPenalty', 'seed', 'stop', 'signal',
+]);
+
+const camel = (s: string) => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
+
+function int(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+    throw new OptionError(`[generate] option ${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
+  return v;
+}
+
+function num(name: string, v: unknown, ok: (x: number) => boolean, expected: string): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v))
+    throw new OptionError(`[generate] option ${name} must be ${expected}, got ${String(v)}`);
+  return v;
+}
+
+export function resolveOptions(
+  options: GenerateOptions | undefined,
+  config: ModelConfig,
+  defaults: GenerationDefaults,
+): ResolvedOptions {
+  if (options !== undefined && (typeof options !== 'object' || options === null))
+    throw new OptionError('[generate] options must be an object');
+  const o = (options ?? {}) as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (known.has(key) || o[key] === undefined) continue;
+    const hint = known.has(camel(key)) ? ` (did you mean ${camel(key)}?)` : '';
+    throw new OptionError(`[generate] unknown option ${key}${hint}`);
+  }
+  const pick = <K extends keyof GenerateOptions & keyof GenerationDefaults>(k: K) =>
+    o[k] !== undefined ? o[k] : defaults[k];
+  const P = config.nPositions;
+  // Length: the caller's maxNewTokens, else the caller's maxLength, else the checkpoint's
+  // max_new_tokens, else its max_length, else HF's default max_length of 20.
+  let maxNewTokens: number | undefined;
+  let maxLength: number | undefined;
+  if (o.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', o.maxNewTokens, 0, P);
+  else if (o.maxLength !== undefined) maxLength = int('maxLength', o.maxLength, 1, P);
+  else if (defaults.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', defaults.maxNewTokens, 0, P);
+  else maxLength = Math.min(int('maxLength', defaults.maxLength ?? 20, 1, Number.MAX_SAFE_INTEGER), P);
+  const doSample = pick('doSample') ?? false;
+  if (typeof doSample !== 'boolean') throw new OptionError(`[generate] option doSample must be a boolean`);
+  const n = o.numReturnSequences === undefined ? 1 : int('numReturnSequences', o.numReturnSequences, 1, 1024);
+  if (n > 1 && !doSample)
+    throw new OptionError(
+      `[generate] option numReturnSequences=${n} needs doSample: true (greedy decoding would return ${n} identical sequences)`,
+    );
+  let stop: string[] = [];
+  if (o.stop !== undefined) {
+    stop = typeof o.stop === 'string' ? [o.stop] : (o.stop as string[]);
+    if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string' || s.length === 0))
+      throw new OptionError('[generate] option stop must be a non-empty string or an array of them');
+  }
+  const signal = o.signal as AbortSignal | undefined;
+  if (signal !== undefined && (typeof signal !== 'object' || typeof signal.addEventListener !== 'function'))
+    throw new OptionError('[generate] option signal must be an AbortSignal');
+  const seed = o.seed === undefined ? Math.floor(Math.random() * 2 ** 32) : int('seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
+  return {
+    maxLength,
+    maxNewTokens,
+    numReturnSequences: n,
+    doSample,
+    temperature: num('temperature', pick('temperature') ?? 1, (x) => x > 0, 'a number > 0'),
+    topK: int('topK', pick('topK') ?? 50, 0, Number.MAX_SAFE_INTEGER),
+    topP: num('topP', pick('topP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
+    repetitionPenalty: num('repetitionPenalty', pick('repetitionPenalty') ?? 1, (x) => x > 0, 'a number > 0'),
+    seed,
+    stop,
+    signal,
+  };
+}
+
+/** New tokens for a prompt of promptLength, checked against the context size. */
+export function newTokenBudget(opts: ResolvedOptions, promptLength: number, config: ModelConfig): number {
+  const P = config.nPositions;
+  if (promptLength > P)
+    throw new OptionError(`[generate] prompt of ${promptLength} tokens exceeds the model's n_positions=${P}`);
+  if (opts.maxNewTokens !== undefined) {
+    if (promptLength + opts.maxNewTokens > P)
+      throw new OptionError(
+        `[generate] prompt (${promptLength} tokens) + maxNewTokens (${opts.maxNewTokens}) exceeds the model's n_positions=${P}`,
+      );
+    return opts.maxNewTokens;
+  }
+  return Math.max(0, (opts.maxLength ?? 20) - promptLength);
+}

@@ -1,0 +1,157 @@
+// The step loop: every active sequence of every concurrent call (generate, stream, logits)
+// goes into one batched native step: pending prompt chunks and one decode token per running
+// sequence. Native sequence bookkeeping (new/fork/release) runs only between steps, so it
+// never waits on one. One loop per model; it runs while there is work and then stops.
+import type { NativeEngine, NativeStepRequest } from './native';
+import { wrapNativeError } from './errors';
+
+/** Which positions' logits a step returns for a sequence. */
+export const LogitsMode = { None: 0, Last: 1, All: 2 } as const;
+export type LogitsMode = (typeof LogitsMode)[keyof typeof LogitsMode];
+
+/** A native sequence taking part in steps. Its owner refills `pending` from onStep. */
+export interface ActiveSequence {
+  readonly id: number;
+  /** Tokens still to feed; the scheduler takes them from the front, chunked to its budget. */
+  pending: number[];
+  /** Sample a next token once `pending` is drained. */
+  sample: boolean;
+  logits: LogitsMode;
+  /** doSample, temperature, topK, topP, repetitionPenalty */
+  params: Float32Array;
+  /** Set by the owner to leave the batch before the next step. */
+  cancelled: boolean;
+  /** After each step it took part in. drained: pending is empty; sampled: the new token or -1. */
+  onStep(sampled: number, logits: Float32Array | null, drained: boolean): void;
+  onError(err: unknown): void;
+}
+
+export class Scheduler {
+  /** Prompt tokens per step across all sequences: large enough to keep the GEMMs efficient. */
+  static maxStepTokens = 2048;
+
+  private readonly active = new Set<ActiveSequence>();
+  private readonly between: Array<() => void> = [];
+  private running = false;
+  private closed: unknown = undefined;
+
+  constructor(private readonly engine: NativeEngine, private readonly vocabSize: number) {}
+
+  /** Runs a native bookkeeping call between steps. */
+  exclusive<T>(fn: (engine: NativeEngine) => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.closed) return reject(this.closed);
+      this.between.push(() => {
+        try {
+          resolve(fn(this.engine));
+        } catch (err) {
+          reject(wrapNativeError(err));
+        }
+      });
+      this.kick();
+    });
+  }
+
+  add(seq: ActiveSequence): void {
+    if (this.closed) return seq.onError(this.closed);
+    this.active.add(seq);
+    this.kick();
+  }
+
+  /** Fails everything queued and refuses new work with `reason`. */
+  close(reason: unknown): void {
+    this.closed = reason;
+    for (const seq of this.active) seq.onError(reason);
+    this.active.clear();
+    for (const op of this.between.splice(0)) op();  // each rejects: the engine is disposed
+  }
+
+  private kick(): void {
+    if (this.running) return;
+    this.running = true;
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (!this.closed && (this.between.length > 0 || this.active.size > 0)) {
+        for (const op of this.between.splice(0)) op();
+        const batch = this.takeBatch();
+        if (batch.length === 0) continue;
+        let result;
+        try {
+          result = await this.engine.step(this.request(batch));
+        } catch (err) {
+          const e = wrapNativeError(err);
+          for (const { seq } of batch) {
+            this.active.delete(seq);
+            seq.onError(e);
+          }
+          continue;
+        }
+        if (this.closed) break;
+        let offset = 0;
+        batch.forEach(({ seq, take }, i) => {
+          const rows = seq.logits === LogitsMode.All ? take : seq.logits === LogitsMode.Last ? 1 : 0;
+          const logits = rows > 0 ? result.logits.subarray(offset, offset + rows * this.vocabSize) : null;
+          offset += rows * this.vocabSize;
+          try {
+            seq.onStep(result.sampled[i], logits, seq.pending.length === 0);
+          } catch (err) {
+            seq.cancelled = true;
+            seq.onError(err);
+          }
+          // Still in the batch only if the owner gave it more to feed.
+          if (seq.cancelled || seq.pending.length === 0) this.active.delete(seq);
+        });
+      }
+    } finally {
+      this.running = false;
+      if (!this.closed && (this.between.length > 0 || this.active.size > 0)) this.kick();
+    }
+  }
+
+  /** Decode tokens first (latency), then prompt chunks up to the step budget. */
+  private takeBatch(): Array<{ seq: ActiveSequence; tokens: number[]; take: number }> {
+    const batch: Array<{ seq: ActiveSequence; tokens: number[]; take: number }> = [];
+    let budget = Scheduler.maxStepTokens;
+    const ordered = [...this.active].sort((a, b) => a.pending.length - b.pending.length);
+    for (const seq of ordered) {
+      if (seq.cancelled) {
+        this.active.delete(seq);
+        continue;
+      }
+      if (seq.pending.length === 0) continue;
+      const take = seq.pending.length === 1 ? 1 : Math.min(seq.pending.length, budget);
+      if (take === 0) continue;
+      budget -= take;
+      batch.push({ seq, tokens: seq.pending.splice(0, take), take });
+    }
+    return batch;
+  }
+
+  private request(batch: Array<{ seq: ActiveSequence; tokens: number[]; take: number }>): NativeStepRequest {
+    const n = batch.length;
+    const total = batch.reduce((s, b) => s + b.take, 0);
+    const req: NativeStepRequest = {
+      seqs: new Int32Array(n),
+      counts: new Int32Array(n),
+      tokens: new Int32Array(total),
+      logits: new Uint8Array(n),
+      sample: new Uint8Array(n),
+      params: new Float32Array(5 * n),
+    };
+    let offset = 0;
+    batch.forEach(({ seq, tokens, take }, i) => {
+      req.seqs[i] = seq.id;
+      req.counts[i] = take;
+      req.tokens.set(tokens, offset);
+      offset += take;
+      const drained = seq.pending.length === 0;
+      req.logits[i] = seq.logits;
+      req.sample[i] = drained && seq.sample ? 1 : 0;
+      req.params.set(seq.params, 5 * i);
+    });
+    return req;
+  }
+}
