@@ -84,6 +84,8 @@ Napi::Value measure_roofline(const Napi::CallbackInfo& info) {
   return p;
 }
 
+}  // namespace
+
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::define(env));
   exports.Set("loadEngine", Napi::Function::New(env, EngineWrap::load));
@@ -94,7 +96,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   return exports;
 }
 
-}  // namespace
 }  // namespace llmcore::addon
 
-NODE_API_MODULE(llmcore, llmcore::addon::init)
+static Napi::Object InitLlmcore(Napi::Env env, Napi::Object exports) {
+  return llmcore::addon::init(env, exports);
+}
+NODE_API_MODULE(llmcore, InitLlmcore)
