@@ -1,0 +1,165 @@
+// The `llmcore` command: generate text, write random checkpoints, show backend info.
+import { parseArgs } from 'node:util';
+import { createRandomCheckpoint, type CheckpointDtype, type CheckpointPreset } from './checkpoint';
+import { backendInfo } from './diagnostics';
+import { LlmcoreError } from './errors';
+import type { GenerationResult } from './generation';
+import { loadModel, type Device, type WeightDtype } from './model';
+import type { GenerateOptions } from './options';
+
+const USAGE = `usage:
+  llmcore generate PROMPT --model DIR [options]
+      --max-length N  --max-new-tokens N  --num-return-sequences N
+      --do-sample | --greedy  --temperature T  --top-k K  --top-p P
+      --repetition-penalty R  --seed N  --stop STRING (repeatable)
+      --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16
+      --stream (print tokens as they come; one sequence)  --json
+  llmcore create-random --out DIR [--preset tiny|small|124M] [--dtype f32|f16|bf16] [--seed N]
+      [--layout bare|prefixed]
+  llmcore info`;
+
+function number(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new LlmcoreError('E_OPTION', `--${name} expects a number, got '${v}'`);
+  return n;
+}
+
+async function generate(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      model: { type: 'string' },
+      'max-length': { type: 'string' },
+      'max-new-tokens': { type: 'string' },
+      'num-return-sequences': { type: 'string' },
+      'do-sample': { type: 'boolean' },
+      greedy: { type: 'boolean' },
+      temperature: { type: 'string' },
+      'top-k': { type: 'string' },
+      'top-p': { type: 'string' },
+      'repetition-penalty': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string', multiple: true },
+      device: { type: 'string' },
+      threads: { type: 'string' },
+      dtype: { type: 'string' },
+      stream: { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
+  });
+  if (positionals.length !== 1 || !values.model) {
+    console.error(USAGE);
+    return 2;
+  }
+  const prompt = positionals[0];
+  const model = await loadModel(values.model, {
+    device: values.device as Device | undefined,
+    threads: number('threads', values.threads),
+    dtype: values.dtype as WeightDtype | undefined,
+  });
+  try {
+    const opts: GenerateOptions = {
+      maxLength: number('max-length', values['max-length']),
+      maxNewTokens: number('max-new-tokens', values['max-new-tokens']),
+      numReturnSequences: number('num-return-sequences', values['num-return-sequences']),
+      doSample: values['do-sample'] ? true : values.greedy ? false : undefined,
+      temperature: number('temperature', values.temperature),
+      topK: number('top-k', values['top-k']),
+      topP: number('top-p', values['top-p']),
+      repetitionPenalty: number('repetition-penalty', values['repetition-penalty']),
+      seed: number('seed', values.seed),
+      stop: values.stop,
+    };
+    const start = performance.now();
+    if (values.stream) {
+      process.stdout.write(prompt);
+      let tokens = 0;
+      for await (const chunk of model.stream(prompt, opts)) {
+        process.stdout.write(chunk.text);
+        tokens += chunk.tokens.length;
+      }
+      const s = (performance.now() - start) / 1000;
+      process.stdout.write('\n');
+      console.error(`${tokens} tokens in ${s.toFixed(2)} s (${(tokens / s).toFixed(1)} tok/s) · ${model.info.backend}`);
+      return 0;
+    }
+    const result = await model.generate(prompt, opts);
+    if (values.json) {
+      console.log(JSON.stringify(result, null, 2));
+      return 0;
+    }
+    result.sequences.forEach((seq, i) => {
+      console.log(`${i}: ${result.prompt}${seq.text}`);
+      console.log('');
+    });
+    console.log(speedLine(result, model.info.backend, model.info.weightDtype));
+    return 0;
+  } finally {
+    model.dispose();
+  }
+}
+
+function speedLine(r: GenerationResult, backend: string, dtype: string): string {
+  const s = r.stats;
+  const rate = (n: number, ms: number) => (ms > 0 ? (n / (ms / 1000)).toFixed(1) : '-');
+  return (
+    `speed: prompt ${s.promptTokens} tok in ${s.prefillMs.toFixed(1)} ms (${rate(s.promptTokens, s.prefillMs)} tok/s) · ` +
+    `generated ${s.generatedTokens} tok in ${s.decodeMs.toFixed(1)} ms (${rate(s.generatedTokens, s.decodeMs)} tok/s, ` +
+    `${r.sequences.length} sequences) · ${backend} · weights ${dtype}`
+  );
+}
+
+async function createRandom(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      out: { type: 'string' },
+      preset: { type: 'string', default: 'tiny' },
+      dtype: { type: 'string', default: 'f32' },
+      seed: { type: 'string', default: '0' },
+      layout: { type: 'string', default: 'bare' },
+    },
+  });
+  if (!values.out) {
+    console.error(USAGE);
+    return 2;
+  }
+  if (!['tiny', 'small', '124M'].includes(values.preset!))
+    throw new LlmcoreError('E_OPTION', `--preset must be tiny, small or 124M, got '${values.preset}'`);
+  if (!['f32', 'f16', 'bf16'].includes(values.dtype!))
+    throw new LlmcoreError('E_OPTION', `--dtype must be f32, f16 or bf16, got '${values.dtype}'`);
+  if (!['bare', 'prefixed'].includes(values.layout!))
+    throw new LlmcoreError('E_OPTION', `--layout must be bare or prefixed, got '${values.layout}'`);
+  const start = performance.now();
+  const ck = await createRandomCheckpoint({
+    out: values.out,
+    preset: values.preset as CheckpointPreset,
+    dtype: values.dtype as CheckpointDtype,
+    seed: number('seed', values.seed),
+    layout: values.layout as 'bare' | 'prefixed',
+  });
+  const c = ck.config;
+  console.log(
+    `wrote ${ck.dir} (${values.preset}: n_layer=${c.n_layer} n_embd=${c.n_embd} n_head=${c.n_head} ` +
+      `n_positions=${c.n_positions} vocab=${c.vocab_size}, ${values.dtype}) in ${((performance.now() - start) / 1000).toFixed(1)} s`,
+  );
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case 'generate':
+      return generate(rest);
+    case 'create-random':
+      return createRandom(rest);
+    case 'info':
+      console.log(JSON.stringify(backendInfo(), null, 2));
+      return 0;
+    default:
+      console.error(USAGE);
+      return command === undefined || command === '--help' || command === '-h' ? 0 : 2;
+  }
+}
