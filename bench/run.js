@@ -1,0 +1,152 @@
+// npm run bench: prompt and generation throughput of the 124M checkpoint (random weights, real
+// shapes) next to this machine's measured limits. Prints a table and writes JSON with machine
+// info and medians of several runs; refuses any figure above its roofline (a broken clock or
+// a skipped computation, not a fast kernel).
+//   node bench/run.js [--runs N] [--dtypes f32,bf16] [--json FILE] [--quick]
+'use strict';
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+const llm = require('../dist/cjs/index.js');
+
+const { values } = parseArgs({
+  options: {
+    runs: { type: 'string', default: '5' },
+    dtypes: { type: 'string', default: 'f32,bf16' },
+    json: { type: 'string', default: path.join(__dirname, 'results', 'latest.json') },
+    model: { type: 'string' },
+    quick: { type: 'boolean', default: false },
+  },
+});
+const RUNS = Math.max(1, Number(values.runs));
+const DECODE_TOKENS = values.quick ? 16 : 64;
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function checkpoint() {
+  if (values.model) return values.model;
+  const dir = path.join(__dirname, '..', '.cache', 'gpt2-random-124M');
+  if (!fs.existsSync(path.join(dir, 'model.safetensors'))) {
+    console.error(`creating ${dir} ...`);
+    await llm.createRandomCheckpoint({ out: dir, preset: '124M', seed: 0 });
+  }
+  return dir;
+}
+
+// Deterministic "random" token ids, so every run and machine feeds the same prompts.
+function promptTokens(n, salt) {
+  const out = [];
+  let s = 12345 + salt * 7919;
+  for (let i = 0; i < n; i++) {
+    s = (s * 1103515245 + 12345) % 2147483648;
+    out.push(s % 50000);
+  }
+  return out;
+}
+
+async function timeRuns(fn) {
+  await fn();  // warm-up: page in weights, size buffers
+  const xs = [];
+  for (let i = 0; i < RUNS; i++) xs.push(await fn());
+  return { median: median(xs), runs: xs };
+}
+
+async function benchModel(dir, dtype, roof) {
+  const model = await llm.loadModel(dir, { device: 'cpu', dtype });
+  const info = model.info;
+  const c = model.config;
+  const C = c.nEmbd, L = c.nLayer, V = c.vocabSize;
+  const matmulParams = L * 12 * C * C;                       // qkv 3C^2, proj C^2, mlp 8C^2
+  const weightBytes = info.weightBytes;                        // matmul weights as kept, LM head included
+  const rows = [];
+
+  for (const T of [128, 512]) {
+    const ids = promptTokens(T, T);
+    const t = await timeRuns(async () => {
+      const r = await model.generate(ids, { maxNewTokens: 1, doSample: false });
+      return r.stats.prefillMs;
+    });
+    // FLOPs: all T rows through the layers, causal attention, LM head for the last row only.
+    const flops = 2 * matmulParams * T + L * 2 * 2 * C * (T * (T + 1)) / 2 + 2 * V * C;
+    const bytes = weightBytes;
+    const secs = t.median / 1000;
+    const rooflineSecs = Math.max(flops / (roof.peakGflops * 1e9), bytes / (roof.readGBs * 1e9));
+    rows.push({
+      dtype: info.weightDtype, kind: 'prefill', tokens: T, batch: 1,
+      ms: t.median, runsMs: t.runs, tokPerSec: T / secs,
+      gflops: flops / secs / 1e9, fractionOfPeakFma: flops / secs / 1e9 / roof.peakGflops,
+      rooflineTokPerSec: T / rooflineSecs, ratioToRoofline: rooflineSecs / secs,
+    });
+  }
+
+  for (const B of [1, 8, 32]) {
+    const prompts = Array.from({ length: B }, (_, i) => promptTokens(16, 100 + i));
+    const t = await timeRuns(async () => {
+      const start = performance.now();
+      const results = await model.generate(prompts, { maxNewTokens: DECODE_TOKENS, doSample: false });
+      const wall = performance.now() - start;
+      const prefill = Math.max(...results.map((r) => r.stats.prefillMs));
+      const generated = results.reduce((s, r) => s + r.stats.generatedTokens, 0) - B;  // first tokens came from prefill
+      return (wall - prefill) / generated * B;  // ms per decode step of the whole batch
+    });
+    const stepSecs = t.median / 1000;
+    const ctx = 16 + DECODE_TOKENS / 2;                          // mean context during decode
+    const kvBytes = B * L * 2 * ctx * C * 4;
+    const bytes = weightBytes + kvBytes;
+    const flops = B * (2 * (matmulParams + V * C) + L * 2 * 2 * C * ctx);
+    const rooflineSecs = Math.max(flops / (roof.peakGflops * 1e9), bytes / (roof.readGBs * 1e9));
+    rows.push({
+      dtype: info.weightDtype, kind: 'decode', tokens: DECODE_TOKENS, batch: B,
+      ms: t.median, runsMs: t.runs, tokPerSec: B / stepSecs,
+      gflops: flops / stepSecs / 1e9, fractionOfPeakFma: flops / stepSecs / 1e9 / roof.peakGflops,
+      weightGBs: bytes / stepSecs / 1e9, fractionOfBandwidth: bytes / stepSecs / 1e9 / roof.readGBs,
+      rooflineTokPerSec: B / rooflineSecs, ratioToRoofline: rooflineSecs / stepSecs,
+    });
+  }
+  model.dispose();
+  return { info, rows };
+}
+
+(async () => {
+  const dir = await checkpoint();
+  const threads = os.availableParallelism();
+  const roofRuns = [];
+  for (let i = 0; i < 3; i++) roofRuns.push(await llm.measureRoofline(threads));
+  const roof = {
+    threads,
+    peakGflops: Math.max(...roofRuns.map((r) => r.peakGflops)),
+    readGBs: Math.max(...roofRuns.map((r) => r.readGBs)),
+  };
+  const machine = {
+    cpu: os.cpus()[0]?.model, cores: threads, memGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
+    platform: `${os.platform()} ${os.release()} ${os.arch()}`, node: process.version,
+    ...llm.backendInfo(), date: new Date().toISOString(),
+  };
+  const results = [];
+  for (const dtype of values.dtypes.split(',')) results.push(await benchModel(dir, dtype, roof));
+  const rows = results.flatMap((r) => r.rows);
+  const report = { machine, limits: roof, runs: RUNS, decodeTokens: DECODE_TOKENS, backend: results[0].info.backend, rows };
+
+  const pct = (x) => (x === undefined ? '' : `${(100 * x).toFixed(0)}%`);
+  console.log(`\nmachine: ${machine.cpu}, ${threads} threads, ${machine.cpuFeatures}; kernels ${machine.cpuKernels}`);
+  console.log(`limits:  peak FMA ${roof.peakGflops.toFixed(1)} GFLOP/s, streaming read ${roof.readGBs.toFixed(1)} GB/s\n`);
+  console.log('| weights | phase | batch | tok/s | ms (median) | GFLOP/s | % FMA peak | GB/s | % bandwidth | roofline tok/s | % roofline |');
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const r of rows)
+    console.log(
+      `| ${r.dtype} | ${r.kind === 'prefill' ? `prefill ${r.tokens}` : 'decode'} | ${r.batch} | ${r.tokPerSec.toFixed(1)} | ` +
+        `${r.ms.toFixed(1)} | ${r.gflops.toFixed(1)} | ${pct(r.fractionOfPeakFma)} | ${r.weightGBs ? r.weightGBs.toFixed(1) : ''} | ` +
+        `${pct(r.fractionOfBandwidth)} | ${r.rooflineTokPerSec.toFixed(1)} | ${pct(r.ratioToRoofline)} |`,
+    );
+  fs.mkdirSync(path.dirname(values.json), { recursive: true });
+  fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');
+  console.log(`\nJSON: ${values.json}`);
+  const impossible = rows.filter((r) => r.ratioToRoofline > 1.02);
+  if (impossible.length > 0) {
+    console.error(`REJECTED: ${impossible.length} figure(s) above the roofline; the measurement is wrong`);
+    process.exitCode = 1;
+  }
+})().catch((err) => {
+  console.error(err);
+  process.exitCode = 1;
+});

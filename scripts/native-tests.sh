@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds the standalone C++ test binaries with CMake (the same source lists as the addon) and
+# runs them: test-backend-ops (full shapes), the safetensors validator and the GEMM test.
+# With nvcc on PATH it also compiles the CUDA backend module (no GPU needed to compile).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cuda=OFF
+if command -v nvcc >/dev/null 2>&1; then cuda=ON; fi
+cmake -S . -B build-cmake -DCMAKE_BUILD_TYPE=Release -DLLMCORE_ADDON=OFF -DLLMCORE_CUDA=$cuda >/dev/null
+cmake --build build-cmake -j "$(nproc)" >/dev/null
+./build-cmake/backend_ops_test | tail -n 3
+./build-cmake/safetensors_test | tail -n 2
+if [ -x ./build-cmake/gemm_test ]; then ./build-cmake/gemm_test --check-only | tail -n 3; fi
+echo "native tests passed (cuda module compiled: $cuda)"
