@@ -1,12 +1,13 @@
 // GPT-2 byte-level BPE tokenizer: loads a Hugging Face model directory and wraps
 // @huggingface/tokenizers, plus a streaming decoder that never splits a UTF-8 character.
+import { ModelFormatError } from './errors';
 import { promises as fs } from 'fs';
 import * as path from 'path';
 import { Tokenizer } from '@huggingface/tokenizers';
 
 /** Stand-in for the facade's LlmcoreError (lib/errors.ts); same code, swapped in later. */
-function formatError(message: string): Error & { code: 'E_MODEL_FORMAT' } {
-  return Object.assign(new Error(`[tokenizer] ${message}`), { code: 'E_MODEL_FORMAT' as const });
+function formatError(message: string): ModelFormatError {
+  return new ModelFormatError(`[tokenizer] ${message}`);
 }
 
 export const END_OF_TEXT = '<|endoftext|>';
