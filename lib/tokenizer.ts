@@ -5,7 +5,7 @@ import { promises as fs } from 'fs';
 import * as path from 'path';
 import { Tokenizer } from '@huggingface/tokenizers';
 
-/** Stand-in for the facade's LlmcoreError (lib/errors.ts); same code, swapped in later. */
+/** Tokenizer file problems are model-format errors (E_MODEL_FORMAT), named after the file. */
 function formatError(message: string): ModelFormatError {
   return new ModelFormatError(`[tokenizer] ${message}`);
 }

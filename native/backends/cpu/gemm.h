@@ -25,6 +25,11 @@ class PackedWeight : public Weight {
   Isa isa = Isa::Scalar;   // the kernel family the layout was packed for
   int64_t n_panels = 0;    // ceil(n / panel width)
   void* data = nullptr;    // 64-byte aligned, owned
+  // Layout details (see gemm_kernels.h): panel width, element format (kern::kF32 ...), and the
+  // byte distance between panels.
+  int nr = 16;
+  int fmt = 0;
+  int64_t panel_bytes = 0;
 };
 
 // Packs a stored weight (any dtype, either layout) into `compute` dtype for `isa`.
