@@ -1,0 +1,287 @@
+// Weight packing, the GEMM driver (blocking + threading + ISA dispatch), the scalar fallback
+// kernel and the scalar gelu_new. Built with the baseline x86-64 flags.
+//
+// Threading: the output is cut into tasks of (row block x panel block); tasks go to the pool's
+// dynamic counter. K is never split across tasks. Inside a task the ISA kernel may walk K in
+// blocks, parking the fp32 accumulators in per-thread scratch between blocks, which keeps each
+// output element one sequential FMA chain (bitwise batch invariance, see gemm.h).
+#include "backends/cpu/gemm.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "backends/cpu/cpu_features.h"
+#include "backends/cpu/gemm_kernels.h"
+#include "core/errors.h"
+
+namespace llmcore::cpu {
+
+namespace {
+
+size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+void* aligned_alloc64(size_t bytes) {
+  void* p = nullptr;
+  if (posix_memalign(&p, 64, round_up(bytes ? bytes : 64, 64)) != 0) p = nullptr;
+  return p;
+}
+
+// A grow-only 64-byte-aligned buffer, one per thread (scratch, converted activations).
+struct ThreadBuf {
+  void* p = nullptr;
+  size_t cap = 0;
+  ~ThreadBuf() { std::free(p); }
+  void* get(size_t bytes) {
+    if (bytes > cap) {
+      std::free(p);
+      cap = round_up(bytes, 4096);
+      p = aligned_alloc64(cap);
+      if (!p) {
+        cap = 0;
+        return nullptr;
+      }
+    }
+    return p;
+  }
+};
+thread_local ThreadBuf t_scratch;
+thread_local ThreadBuf t_xpairs;
+
+int panel_width(Isa isa) { return isa == Isa::Avx512 ? kern::kNrAvx512 : kern::kNrAvx2; }
+
+int packed_fmt(DType compute, Isa isa) {
+  switch (compute) {
+    case DType::F32: return kern::kF32;
+    case DType::F16: return kern::kF16;
+    case DType::BF16:
+      return (isa == Isa::Avx512 && cpu_features().avx512bf16) ? kern::kBF16Pairs : kern::kBF16;
+  }
+  return kern::kF32;
+}
+
+int packed_pos(int fmt, int nr, int j) {
+  if (fmt != kern::kBF16) return j;
+  const int h = nr / 2;
+  return j < h ? 2 * j : 2 * (j - h) + 1;
+}
+
+// Stored element -> compute dtype bits. Same dtype: the bits are copied as they are.
+inline uint16_t to_half_bits(const void* src, DType sd, size_t i, DType cd) {
+  if (sd == cd) return static_cast<const uint16_t*>(src)[i];
+  const float f = load_as_f32(src, sd, i);
+  return cd == DType::BF16 ? f32_to_bf16(f) : f32_to_f16(f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar fallback kernel: same layout as AVX2 (16-column panels), same arithmetic: one
+// std::fma chain per output over k in increasing order from +0, then + bias, then the epilogue.
+// std::fma is exact fused multiply-add (a libm call on baseline x86-64, hardware FMA via glibc's
+// ifunc where the CPU has it), so the linear part matches the AVX2 kernels bit for bit.
+
+inline float packed_w(const kern::GemmCall& c, int64_t p, int64_t k, int j) {
+  const uint8_t* row = c.w + p * c.panel_bytes;
+  switch (c.fmt) {
+    case kern::kF32: return reinterpret_cast<const float*>(row)[k * kern::kNrAvx2 + j];
+    case kern::kF16: return f16_to_f32(reinterpret_cast<const uint16_t*>(row)[k * kern::kNrAvx2 + j]);
+    default:
+      return bf16_to_f32(reinterpret_cast<const uint16_t*>(
+          row)[k * kern::kNrAvx2 + packed_pos(kern::kBF16, kern::kNrAvx2, j)]);
+  }
+}
+
+void scalar_gemm_block(const kern::GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+  constexpr int NR = kern::kNrAvx2;
+  float wk[NR];
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t col0 = p * NR;
+    const int nv = int(c.N - col0 < NR ? c.N - col0 : NR);
+    for (int64_t m = m0; m < m1; ++m) {
+      float acc[NR] = {};
+      const float* xr = c.x + m * c.ldx;
+      for (int64_t k = 0; k < c.K; ++k) {
+        for (int j = 0; j < NR; ++j) wk[j] = packed_w(c, p, k, j);
+        const float xv = xr[k];
+        for (int j = 0; j < NR; ++j) acc[j] = std::fma(xv, wk[j], acc[j]);
+      }
+      float* yr = c.y + m * c.ldy + col0;
+      for (int j = 0; j < nv; ++j) {
+        float v = acc[j];
+        if (c.bias) v = v + c.bias[col0 + j];
+        if (c.ep == kern::kEpGelu) v = gelu_new(v);
+        else if (c.ep == kern::kEpAddTo) v = yr[j] + v;
+        yr[j] = v;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+float gelu_new(float x) {
+  return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+PackedWeight::~PackedWeight() { std::free(data); }
+
+std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Isa isa,
+                                          ThreadPool& pool) {
+  if (!isa_supported(isa))
+    throw Error(E_BACKEND, std::string("[cpu] cannot pack ") + w.name + " for " + isa_name(isa) +
+                               ": this CPU does not support it (" + cpu_features_string() + ")");
+  if (w.n < 0 || w.k < 0 || (w.n * w.k > 0 && !w.data))
+    throw Error(E_INTERNAL, "[cpu] pack_weight: bad weight view " + w.name);
+  auto pw = std::make_unique<PackedWeight>();
+  const int nr = panel_width(isa);
+  const int fmt = packed_fmt(compute, isa);
+  const int64_t N = w.n, K = w.k;
+  const size_t es = dtype_size(compute);
+  const int64_t krows = fmt == kern::kBF16Pairs ? (K + 1) / 2 : K;  // pair-rows for kBF16Pairs
+  const size_t row_bytes = size_t(nr) * (fmt == kern::kBF16Pairs ? 4 : es);
+  pw->n = N;
+  pw->k = K;
+  pw->dtype = compute;
+  pw->isa = isa;
+  pw->nr = nr;
+  pw->fmt = fmt;
+  pw->n_panels = (N + nr - 1) / nr;
+  pw->panel_bytes = int64_t(round_up(size_t(krows) * row_bytes, 64));
+  pw->bytes = size_t(pw->n_panels) * size_t(pw->panel_bytes);
+  pw->data = aligned_alloc64(pw->bytes);
+  if (!pw->data)
+    throw Error(E_OOM, "[cpu] cannot allocate " + std::to_string(pw->bytes) + " bytes for " + w.name);
+  if (pw->bytes == 0) return pw;
+  std::memset(pw->data, 0, pw->bytes);  // zero padding (N tail, odd K of pairs, panel rounding)
+
+  uint8_t* base = static_cast<uint8_t*>(pw->data);
+  const void* src = w.data;
+  const DType sd = w.dtype;
+  const bool kn = w.kn;
+  const int64_t pbytes = pw->panel_bytes;
+  pool.parallel_for(pw->n_panels, [&](int64_t p, int) {
+    uint8_t* panel = base + p * pbytes;
+    const int64_t n0 = p * nr;
+    const int nv = int(N - n0 < nr ? N - n0 : nr);
+    for (int j = 0; j < nv; ++j) {
+      const int64_t n = n0 + j;
+      for (int64_t k = 0; k < K; ++k) {
+        const size_t si = kn ? size_t(k) * size_t(N) + size_t(n) : size_t(n) * size_t(K) + size_t(k);
+        if (fmt == kern::kF32) {
+          reinterpret_cast<float*>(panel)[k * nr + j] = load_as_f32(src, sd, si);
+        } else if (fmt == kern::kBF16Pairs) {
+          // pair-row k/2, column j, half k%2
+          reinterpret_cast<uint16_t*>(panel)[(k / 2) * (2 * nr) + 2 * j + (k & 1)] =
+              to_half_bits(src, sd, si, compute);
+        } else {
+          reinterpret_cast<uint16_t*>(panel)[k * nr + packed_pos(fmt, nr, j)] =
+              to_half_bits(src, sd, si, compute);
+        }
+      }
+    }
+  });
+  return pw;
+}
+
+void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
+          Epilogue ep, ThreadPool& pool) {
+  const int64_t N = W.n, K = W.k;
+  if (M <= 0 || N <= 0) return;
+  if (!isa_supported(W.isa))
+    throw Error(E_INTERNAL, std::string("[cpu] gemm: weight packed for ") + isa_name(W.isa) +
+                                " on a CPU without it");
+  kern::GemmCall c;
+  c.x = x;
+  c.ldx = ldx;
+  c.w = static_cast<const uint8_t*>(W.data);
+  c.panel_bytes = W.panel_bytes;
+  c.K = K;
+  c.N = N;
+  c.fmt = W.fmt;
+  c.ep = ep == Epilogue::Gelu ? kern::kEpGelu : ep == Epilogue::AddTo ? kern::kEpAddTo : kern::kEpStore;
+  c.bias = bias;
+  c.y = y;
+  c.ldy = N;
+  c.kc = K;
+  c.xpairs = nullptr;
+  c.ldxp = 0;
+
+  if (W.fmt == kern::kBF16Pairs) {
+    // vdpbf16ps multiplies bf16 by bf16: round the activations to bf16 pairs once per call.
+    const int64_t kp = (K + 1) / 2;
+    uint32_t* xp = static_cast<uint32_t*>(t_xpairs.get(size_t(M) * size_t(kp) * 4));
+    if (!xp) throw Error(E_OOM, "[cpu] gemm: cannot allocate the bf16 activation buffer");
+    for (int64_t m = 0; m < M; ++m) {
+      const float* xr = x + m * ldx;
+      for (int64_t t = 0; t < kp; ++t) {
+        const uint32_t lo = f32_to_bf16(xr[2 * t]);
+        const uint32_t hi = 2 * t + 1 < K ? f32_to_bf16(xr[2 * t + 1]) : 0u;
+        xp[m * kp + t] = lo | (hi << 16);
+      }
+    }
+    c.xpairs = xp;
+    c.ldxp = kp;
+  }
+
+  const int nr = W.nr;
+  const int64_t np = W.n_panels;
+  const int threads = pool.size();
+  // Row blocks: skinny batches (M <= 3) are one block; otherwise balanced blocks of <= 48 rows
+  // (>= 24 rows each when M > 48, so every block tiles into register tiles of >= 4 rows).
+  const int64_t mc_max = 48;
+  const int64_t nrb = M <= 3 ? 1 : (M + mc_max - 1) / mc_max;
+  const int64_t rb_base = M / nrb, rb_extra = M % nrb;
+  // Panel blocks: up to 8 panels (128 fp32 columns for AVX2) per task, fewer when that would
+  // leave too few tasks to balance over the threads; skinny batches take wider blocks.
+  const int64_t g = M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
+  int64_t ppt = M <= 3 ? 16 : 8;
+  if (nr == kern::kNrAvx512) ppt /= 2;
+  while (ppt > g && nrb * ((np + ppt - 1) / ppt) < 4 * threads) ppt -= g;
+  if (ppt < 1) ppt = 1;
+  const int64_t npb = (np + ppt - 1) / ppt;
+  // K blocks: only for long K (the 3072-wide MLP projection), where a whole panel (K x 64 B)
+  // and the tile's rows of x stop fitting in L2 next to each other; measured on Zen 3, blocks
+  // of ~768 beat both no blocking and shorter blocks.
+  if (M >= 4 && K > 1024 && W.isa != Isa::Scalar) {
+    const int64_t nkb = (K + 767) / 768;
+    int64_t kc = (K + nkb - 1) / nkb;
+    kc = (kc + 7) / 8 * 8;  // a multiple of 8 keeps k-pairs and cache lines whole
+    c.kc = kc;
+  }
+  const size_t scratch_bytes = c.kc < K ? size_t(rb_base + 1) * size_t(ppt) * size_t(nr) * 4 : 0;
+
+  struct Ctx {
+    const kern::GemmCall* c;
+    Isa isa;
+    int64_t nrb, rb_base, rb_extra, ppt, np;
+    size_t scratch_bytes;
+  } ctx{&c, W.isa, nrb, rb_base, rb_extra, ppt, np, scratch_bytes};
+  std::atomic<bool> oom{false};
+
+  auto task = [](const Ctx& t, int64_t i) {
+    const int64_t rb = i % t.nrb, pb = i / t.nrb;
+    const int64_t m0 = rb * t.rb_base + (rb < t.rb_extra ? rb : t.rb_extra);
+    const int64_t m1 = m0 + t.rb_base + (rb < t.rb_extra ? 1 : 0);
+    const int64_t p0 = pb * t.ppt;
+    const int64_t p1 = p0 + t.ppt < t.np ? p0 + t.ppt : t.np;
+    float* scratch = nullptr;
+    if (t.scratch_bytes) {
+      scratch = static_cast<float*>(t_scratch.get(t.scratch_bytes));
+      if (!scratch) return false;
+    }
+    switch (t.isa) {
+      case Isa::Avx512: kern::avx512_gemm_block(*t.c, m0, m1, p0, p1, scratch); break;
+      case Isa::Avx2: kern::avx2_gemm_block(*t.c, m0, m1, p0, p1, scratch); break;
+      default: scalar_gemm_block(*t.c, m0, m1, p0, p1); break;
+    }
+    return true;
+  };
+  const int64_t ntasks = nrb * npb;
+  pool.parallel_for(ntasks, [&](int64_t i, int) {
+    if (!task(ctx, i)) oom.store(true, std::memory_order_relaxed);
+  });
+  if (oom.load(std::memory_order_relaxed)) throw Error(E_OOM, "[cpu] gemm: cannot allocate scratch");
+}
+
+}  // namespace llmcore::cpu

@@ -1,0 +1,293 @@
+// AVX-512 GEMM kernels, roofline microkernels and vector gelu_new. Built with -mavx512f/bw/vl/dq
+// /bf16 -mfma -mf16c; called only when cpu_features() reports avx512f+bw+vl+dq (and the
+// kBF16Pairs format, which uses vdpbf16ps, is only ever packed when it also reports avx512bf16).
+// Self-contained like gemm_avx2.cpp, and built the same way so the two can be read side by side:
+// panels of 32 columns (two zmm per k-row), register tiles of R rows x G panels with
+// R * 2G <= 16 accumulators (R <= 8 for M >= 4; 1x128 / 2x96 / 3x64 for M = 1..3).
+//
+// NOTE: this file is compiled but was not executed on the development machine (AMD Zen 3,
+// no AVX-512). Its logic mirrors the tested AVX2 file line by line.
+//
+// Formats:
+//   kF32 / kF16: every output is one fp32 FMA chain over k in increasing order (bitwise equal
+//     to the scalar and AVX2 kernels).
+//   kBF16 (no AVX512_BF16): bf16 weights widened by shift/mask, same fp32 FMA chain.
+//   kBF16Pairs (AVX512_BF16): vdpbf16ps on k-pairs. The activations are rounded to bf16 (by
+//     gemm.cpp, round-to-nearest-even) so each product x*w is exact in fp32 but x carries bf16
+//     precision (~3 significant digits): this path trades accuracy (relative error of a dot
+//     product ~ 2^-9 / sqrt(K)-ish instead of ~2^-24) for twice the multiplies per instruction.
+//     Per Intel's definition each vdpbf16ps lane adds the odd product, then the even one, with
+//     round-to-nearest-even and denormals flushed, so an output is still one fixed sequence
+//     of fp32 additions over k (1, 0, 3, 2, ...) that does not depend on M or the tile:
+//     batch invariance holds, but results differ from the fp32-chain kernels.
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "backends/cpu/gemm_kernels.h"
+
+namespace llmcore::cpu::kern {
+namespace {
+
+constexpr int NR = kNrAvx512;
+
+inline __m512 exp_ps(__m512 x) {  // x in [-88, 88]; Cephes expf
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 c1 = _mm512_set1_ps(0.693359375f);
+  const __m512 c2 = _mm512_set1_ps(-2.12194440e-4f);
+  __m512 fx = _mm512_roundscale_ps(_mm512_fmadd_ps(x, log2e, _mm512_set1_ps(0.5f)),
+                                   _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(fx, c1, x);
+  x = _mm512_fnmadd_ps(fx, c2, x);
+  const __m512 z = _mm512_mul_ps(x, x);
+  __m512 y = _mm512_set1_ps(1.9875691500E-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
+  y = _mm512_fmadd_ps(y, z, x);
+  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+  __m512i n = _mm512_cvttps_epi32(fx);
+  n = _mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(n));
+}
+
+inline __m512 tanh_ps(__m512 u) {
+  const __m512i sign = _mm512_set1_epi32(int32_t(0x80000000u));
+  const __m512i ui = _mm512_castps_si512(u);
+  const __m512 z = _mm512_castsi512_ps(_mm512_andnot_si512(sign, ui));
+  const __m512 zc = _mm512_min_ps(z, _mm512_set1_ps(44.0f));
+  const __m512 s = exp_ps(_mm512_add_ps(zc, zc));
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 rl = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(s, one)));
+  rl = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(rl), _mm512_and_si512(sign, ui)));
+  const __m512 z2 = _mm512_mul_ps(u, u);
+  __m512 p = _mm512_set1_ps(-5.70498872745E-3f);
+  p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(2.06390887954E-2f));
+  p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(-5.37397155531E-2f));
+  p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(1.33314422036E-1f));
+  p = _mm512_fmadd_ps(p, z2, _mm512_set1_ps(-3.33332819422E-1f));
+  const __m512 rs = _mm512_fmadd_ps(_mm512_mul_ps(p, z2), u, u);
+  const __mmask16 small = _mm512_cmp_ps_mask(z, _mm512_set1_ps(0.625f), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(small, rl, rs);  // rs where small
+}
+
+__attribute__((noinline)) __m512 gelu_ps(__m512 x) {
+  __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.044715f), x), x), x);
+  __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f), _mm512_add_ps(x, x3));
+  __m512 t = tanh_ps(u);
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), t));
+}
+
+inline __mmask16 tail_mask(int nv) {  // first nv lanes, 0 <= nv <= 16
+  return nv >= 16 ? __mmask16(0xffff) : __mmask16((1u << nv) - 1u);
+}
+
+inline void store_out(__m512 v, float* yp, const float* bp, int ep, int nv) {
+  const __mmask16 m = tail_mask(nv);
+  if (bp) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bp));
+  if (ep == kEpGelu) v = gelu_ps(v);
+  else if (ep == kEpAddTo) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
+  _mm512_mask_storeu_ps(yp, m, v);
+}
+
+// Bytes per packed k-row (per pair-row for kBF16Pairs) and k per row.
+template <int FMT>
+constexpr int row_bytes() { return FMT == kF32 ? NR * 4 : FMT == kBF16Pairs ? NR * 4 : NR * 2; }
+template <int FMT>
+constexpr int k_per_row() { return FMT == kBF16Pairs ? 2 : 1; }
+
+template <int FMT>
+inline void load_w(const uint8_t* p, __m512& b0, __m512& b1) {
+  if constexpr (FMT == kF32 || FMT == kBF16Pairs) {  // pairs: raw bits, reinterpreted below
+    b0 = _mm512_load_ps(reinterpret_cast<const float*>(p));
+    b1 = _mm512_load_ps(reinterpret_cast<const float*>(p) + 16);
+  } else if constexpr (FMT == kF16) {
+    b0 = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p)));
+    b1 = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(p + 32)));
+  } else {  // kBF16: lane i = col i (low half) | col 16 + i (high half)
+    const __m512i raw = _mm512_load_si512(reinterpret_cast<const void*>(p));
+    b0 = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+    b1 = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(int32_t(0xffff0000u))));
+  }
+}
+
+constexpr int kModeFirst = 1;
+constexpr int kModeLast = 2;
+constexpr int kPrefetchBytes = 1024;
+
+template <int R, int G, int FMT>
+void tile(const GemmCall& c, int64_t m, int64_t p, int64_t k0, int64_t kl, int mode, float* sc,
+          int64_t sc_pstride) {
+  constexpr int RB = row_bytes<FMT>();
+  constexpr int KPR = k_per_row<FMT>();
+  constexpr bool kPrefetch = R <= 3;
+  __m512 acc[R][2 * G];
+  if (mode & kModeFirst) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < 2 * G; ++j) acc[r][j] = _mm512_setzero_ps();
+  } else {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < 2 * G; ++j)
+        acc[r][j] = _mm512_load_ps(sc + (j / 2) * sc_pstride + r * NR + (j % 2) * 16);
+  }
+  // k0 is even for kBF16Pairs (gemm.cpp keeps kc a multiple of 8); an odd K has a zero pad row.
+  const int64_t nrows = (kl + KPR - 1) / KPR;
+  const uint8_t* wp = c.w + p * c.panel_bytes + (k0 / KPR) * RB;
+  const int64_t pb = c.panel_bytes;
+  const float* xp = c.x + m * c.ldx + k0;
+  const int64_t ldx = c.ldx;
+  const uint32_t* xq = FMT == kBF16Pairs ? c.xpairs + m * c.ldxp + k0 / 2 : nullptr;
+  const int64_t ldxp = c.ldxp;
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < nrows; ++k) {
+    __m512 b[2 * G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      if constexpr (kPrefetch) {
+        _mm_prefetch(reinterpret_cast<const char*>(wp + g * pb + k * RB + kPrefetchBytes),
+                     _MM_HINT_T0);
+        if (RB == 128)
+          _mm_prefetch(reinterpret_cast<const char*>(wp + g * pb + k * RB + kPrefetchBytes + 64),
+                       _MM_HINT_T0);
+      }
+      load_w<FMT>(wp + g * pb + k * RB, b[2 * g], b[2 * g + 1]);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      if constexpr (FMT == kBF16Pairs) {
+        const __m512i a = _mm512_set1_epi32(int32_t(xq[r * ldxp + k]));
+#pragma GCC unroll 8
+        for (int j = 0; j < 2 * G; ++j)
+          acc[r][j] = _mm512_dpbf16_ps(acc[r][j], (__m512bh)a,
+                                       (__m512bh)_mm512_castps_si512(b[j]));
+      } else {
+        const __m512 a = _mm512_set1_ps(xp[r * ldx + k]);
+#pragma GCC unroll 8
+        for (int j = 0; j < 2 * G; ++j) acc[r][j] = _mm512_fmadd_ps(a, b[j], acc[r][j]);
+      }
+    }
+  }
+  if (!(mode & kModeLast)) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < 2 * G; ++j)
+        _mm512_store_ps(sc + (j / 2) * sc_pstride + r * NR + (j % 2) * 16, acc[r][j]);
+    return;
+  }
+  // Fully unrolled so acc[][] is indexed by constants only and stays in registers.
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const int64_t col = (p + g) * NR + h * 16;
+      const int64_t nv = c.N - col;
+      if (nv <= 0) continue;
+      const float* bp = c.bias ? c.bias + col : nullptr;
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+        store_out(acc[r][2 * g + h], c.y + (m + r) * c.ldy + col, bp, c.ep, nv >= 16 ? 16 : int(nv));
+    }
+  }
+}
+
+using TileFn = void (*)(const GemmCall&, int64_t, int64_t, int64_t, int64_t, int, float*, int64_t);
+
+constexpr int kMaxR = 8;
+constexpr int kMaxG = 4;
+template <int FMT>
+struct Table {
+  TileFn fn[kMaxR + 1][kMaxG + 1] = {};
+  constexpr Table() {
+    fn[1][1] = tile<1, 1, FMT>; fn[1][2] = tile<1, 2, FMT>; fn[1][3] = tile<1, 3, FMT>;
+    fn[1][4] = tile<1, 4, FMT>;
+    fn[2][1] = tile<2, 1, FMT>; fn[2][2] = tile<2, 2, FMT>; fn[2][3] = tile<2, 3, FMT>;
+    fn[3][1] = tile<3, 1, FMT>; fn[3][2] = tile<3, 2, FMT>;
+    fn[4][1] = tile<4, 1, FMT>; fn[5][1] = tile<5, 1, FMT>; fn[6][1] = tile<6, 1, FMT>;
+    fn[7][1] = tile<7, 1, FMT>; fn[8][1] = tile<8, 1, FMT>;
+  }
+};
+const Table<kF32> kTabF32;
+const Table<kF16> kTabF16;
+const Table<kBF16> kTabBF16;
+const Table<kBF16Pairs> kTabBF16Pairs;
+
+}  // namespace
+
+void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
+                       float* scratch) {
+  const int64_t rows = m1 - m0, np = p1 - p0;
+  if (rows <= 0 || np <= 0) return;
+  const TileFn(*fn)[kMaxG + 1] = c.fmt == kF32    ? kTabF32.fn
+                                 : c.fmt == kF16  ? kTabF16.fn
+                                 : c.fmt == kBF16 ? kTabBF16.fn
+                                                  : kTabBF16Pairs.fn;
+  const int64_t K = c.K;
+  const int64_t kc = (c.kc <= 0 || c.kc >= K) ? K : c.kc;
+  const int64_t nkb = K == 0 ? 1 : (K + kc - 1) / kc;
+  const int G = rows == 1 ? 4 : rows == 2 ? 3 : rows == 3 ? 2 : 1;
+  const int64_t ntiles = rows <= 3 ? 1 : (rows + kMaxR - 1) / kMaxR;
+  const int64_t base = rows / ntiles, extra = rows % ntiles;
+  const int64_t sc_pstride = rows * NR;
+  for (int64_t kb = 0; kb < nkb; ++kb) {
+    const int64_t k0 = kb * kc;
+    const int64_t kl = K - k0 < kc ? K - k0 : kc;
+    const int mode = (kb == 0 ? kModeFirst : 0) | (kb == nkb - 1 ? kModeLast : 0);
+    for (int64_t q = 0; q < np; q += G) {
+      const int g = int(np - q < G ? np - q : G);
+      int64_t r = 0;
+      for (int64_t t = 0; t < ntiles; ++t) {
+        const int R = int(base + (t < extra ? 1 : 0));
+        fn[R][g](c, m0 + r, p0 + q, k0, kl, mode, scratch + q * sc_pstride + r * NR, sc_pstride);
+        r += R;
+      }
+    }
+  }
+}
+
+void avx512_gelu(const float* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i >= 16 ? 16 : int(n - i));
+    _mm512_mask_storeu_ps(out + i, m, gelu_ps(_mm512_maskz_loadu_ps(m, in + i)));
+  }
+}
+
+double avx512_fma_loop(int64_t iters, float* sink) {
+  // 16 independent zmm chains (latency 4 x 2 FMA units = 8 needed).
+  const __m512 b = _mm512_set1_ps(0.999999f), d = _mm512_set1_ps(1e-6f);
+  __m512 a[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) a[j] = _mm512_set1_ps(1.0f + 0.1f * float(j));
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) a[j] = _mm512_fmadd_ps(a[j], b, d);
+  }
+  __m512 s = a[0];
+#pragma GCC unroll 16
+  for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, a[j]);
+  *sink = _mm512_reduce_add_ps(s);
+  return double(iters) * 16 * 16 * 2;
+}
+
+double avx512_read_sum(const void* p, size_t bytes) {
+  const float* f = static_cast<const float*>(p);
+  const size_t n = bytes / 256;
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  for (size_t i = 0; i < n; ++i, f += 64) {
+    s0 = _mm512_add_ps(s0, _mm512_load_ps(f));
+    s1 = _mm512_add_ps(s1, _mm512_load_ps(f + 16));
+    s2 = _mm512_add_ps(s2, _mm512_load_ps(f + 32));
+    s3 = _mm512_add_ps(s3, _mm512_load_ps(f + 48));
+  }
+  return double(_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))));
+}
+
+}  // namespace llmcore::cpu::kern

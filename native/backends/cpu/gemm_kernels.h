@@ -1,0 +1,67 @@
+// Plain-C interface between the baseline code (gemm.cpp, roofline.cpp) and the ISA-specific
+// kernel files (gemm_avx2.cpp, gemm_avx512.cpp). Nothing here uses wide vector types or inline
+// functions, so including it from a file built with -mavx2 or -mavx512f cannot leak wide code
+// into baseline objects. Only call the avx2_* / avx512_* functions after cpu_features says so.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace llmcore::cpu::kern {
+
+// Packed layout. W is cut into panels of NR consecutive output columns (n); a panel is K rows
+// (k-major) of NR elements, rows back to back, panels `panel_bytes` apart (a multiple of 64),
+// columns past N padded with zeros. Inside a k-row the element order depends on the format:
+//   kF32, kF16     : column j at position j.
+//   kBF16          : columns interleaved for the shift/mask widen: position 2j holds column j,
+//                    position 2j+1 holds column NR/2 + j (j < NR/2). A 32-bit lane i then holds
+//                    column i in its low half and column NR/2 + i in its high half.
+//   kBF16Pairs     : (AVX-512 with AVX512_BF16 only) k-pairs interleaved: pair-row t (k = 2t,
+//                    2t+1) holds, for column j, W[2t][j] then W[2t+1][j] (a 32-bit unit per
+//                    column); K is padded to even with a zero row.
+constexpr int kNrAvx2 = 16;    // also the scalar kernel's panel width
+constexpr int kNrAvx512 = 32;
+
+enum : int { kF32 = 0, kF16 = 1, kBF16 = 2, kBF16Pairs = 3 };
+enum : int { kEpStore = 0, kEpGelu = 1, kEpAddTo = 2 };
+
+// (No inline functions in this header on purpose: each file keeps its own static helpers.)
+
+
+struct GemmCall {
+  const float* x;     // (M, K) activations, row stride ldx
+  int64_t ldx;
+  const uint8_t* w;   // packed panels (64-byte aligned)
+  int64_t panel_bytes;
+  int64_t K, N;
+  int fmt;            // kF32 / kF16 / kBF16 / kBF16Pairs
+  int ep;             // kEpStore / kEpGelu / kEpAddTo
+  const float* bias;  // (N) or null
+  float* y;           // (M, N), row stride ldy
+  int64_t ldy;
+  int64_t kc;         // K block: the fp32 accumulators are parked in scratch between blocks,
+                      // which keeps every output one sequential FMA chain over k
+  const uint32_t* xpairs;  // kBF16Pairs only: x rounded to bf16, (M, ceil(K/2)) pairs,
+  int64_t ldxp;            // low half = even k; row stride in pairs
+};
+
+// Computes rows [m0, m1) x panels [p0, p1) of y, all of K. scratch holds at least
+// (m1 - m0) * (p1 - p0) * NR floats when kc < K (unused otherwise), 64-byte aligned.
+void avx2_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
+                     float* scratch);
+void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
+                       float* scratch);
+
+// The vectorized gelu_new used by the Gelu epilogues, exposed for tests: out[i] = gelu(in[i]).
+void avx2_gelu(const float* in, float* out, int64_t n);
+void avx512_gelu(const float* in, float* out, int64_t n);
+
+// Roofline microkernels. *_fma_loop runs `iters` iterations of independent register FMA chains
+// and returns the number of floating-point operations done (2 per lane per FMA); the result
+// value is stored to *sink so nothing is optimized away. *_read_sum streams `bytes` bytes
+// (a multiple of 256, 64-byte aligned) and returns their float sum.
+double avx2_fma_loop(int64_t iters, float* sink);
+double avx512_fma_loop(int64_t iters, float* sink);
+double avx2_read_sum(const void* p, size_t bytes);
+double avx512_read_sum(const void* p, size_t bytes);
+
+}  // namespace llmcore::cpu::kern

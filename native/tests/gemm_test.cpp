@@ -1,0 +1,578 @@
+// Standalone test + benchmark of the CPU GEMM (native/backends/cpu/gemm*.cpp), the thread pool
+// and the roofline microbenchmarks.
+//
+//   gemm_test            correctness tests, then the benchmark
+//   gemm_test --test     tests only          gemm_test --bench    benchmark only
+//   gemm_test --quick    fewer shapes (CI smoke)
+//
+// Correctness: every output is compared against a plain double-precision reference computed
+// here (y = sum_k x*w in double, on the weights as rounded to the compute dtype), with an error
+// bound derived from the fp32 FMA chain; the Store/AddTo outputs of the fp32-chain kernels are
+// additionally required to be bitwise equal to an fp32 std::fma chain computed here (the
+// contract in gemm.h). Batch invariance is checked bitwise (row m of a batch vs the same row
+// alone, vs a sub-batch at an offset, vs other thread counts), and guard zones around y and NaN
+// padding in x catch out-of-bounds writes and reads.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backends/cpu/cpu_features.h"
+#include "backends/cpu/gemm.h"
+#include "backends/cpu/gemm_kernels.h"
+#include "backends/cpu/roofline.h"
+#include "core/dtype.h"
+#include "core/errors.h"
+#include "core/thread_pool.h"
+
+using namespace llmcore;
+using namespace llmcore::cpu;
+
+namespace {
+
+int g_failures = 0;
+int64_t g_checks = 0;
+
+#define CHECK(cond, ...)                                  \
+  do {                                                    \
+    ++g_checks;                                           \
+    if (!(cond)) {                                        \
+      if (g_failures < 40) {                              \
+        std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+        std::fprintf(stderr, __VA_ARGS__);                \
+        std::fprintf(stderr, "\n");                       \
+      }                                                   \
+      ++g_failures;                                       \
+    }                                                     \
+  } while (0)
+
+uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+const char* ep_name(Epilogue e) {
+  return e == Epilogue::Store ? "store" : e == Epilogue::Gelu ? "gelu" : "addto";
+}
+
+double gelu_d(double v) {
+  return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+}
+
+// A stored weight (the "checkpoint" bytes) in dtype sd, layout kn, plus the values it holds once
+// converted to the compute dtype (what the reference multiplies by), as (N, K) doubles.
+struct TestWeight {
+  std::vector<uint8_t> raw;
+  WeightView view;
+  std::vector<float> rounded;  // (N, K), the compute-dtype values widened to fp32
+};
+
+float round_to(float f, DType cd) {
+  if (cd == DType::BF16) return bf16_to_f32(f32_to_bf16(f));
+  if (cd == DType::F16) return f16_to_f32(f32_to_f16(f));
+  return f;
+}
+
+TestWeight make_weight(int64_t N, int64_t K, DType sd, DType cd, bool kn, std::mt19937& rng) {
+  TestWeight t;
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  t.raw.resize(size_t(N * K) * dtype_size(sd) + 64);
+  t.rounded.resize(size_t(N * K));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      float v = nd(rng);
+      const size_t i = kn ? size_t(k * N + n) : size_t(n * K + k);
+      float stored;
+      if (sd == DType::F32) {
+        std::memcpy(t.raw.data() + 4 * i, &v, 4);
+        stored = v;
+      } else {
+        const uint16_t h = sd == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(t.raw.data() + 2 * i, &h, 2);
+        stored = load_as_f32(t.raw.data(), sd, i);
+      }
+      t.rounded[size_t(n * K + k)] = round_to(stored, cd);
+    }
+  }
+  t.view = WeightView{t.raw.data(), sd, N, K, kn, "test"};
+  return t;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (isa_supported(i)) v.push_back(i);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread pool.
+
+void test_thread_pool() {
+  for (int nt : {1, 2, 3, 5}) {
+    ThreadPool pool(nt);
+    CHECK(pool.size() == nt, "pool size %d", pool.size());
+    std::vector<std::atomic<int>> hits(1000);
+    for (int rep = 0; rep < 2000; ++rep) {
+      const int64_t n = (rep * 37) % 1000 + (rep % 3 == 0 ? 0 : 1);
+      for (int64_t i = 0; i < n; ++i) hits[size_t(i)].store(0);
+      std::atomic<int> bad_tid{0};
+      pool.parallel_for(n, [&](int64_t i, int tid) {
+        if (tid < 0 || tid >= nt) bad_tid.store(1);
+        hits[size_t(i)].fetch_add(1, std::memory_order_relaxed);
+      });
+      int wrong = 0;
+      for (int64_t i = 0; i < n; ++i) wrong += hits[size_t(i)].load() != 1;
+      CHECK(wrong == 0 && bad_tid.load() == 0, "pool(%d) rep %d n %" PRId64 ": %d wrong", nt, rep,
+            n, wrong);
+      if (rep % 500 == 499) std::this_thread::sleep_for(std::chrono::milliseconds(3));  // sleep path
+    }
+    // Per-thread scratch indexing: concurrent calls never share a tid.
+    std::vector<std::atomic<int>> busy(static_cast<size_t>(nt));
+    std::atomic<int> clash{0};
+    pool.parallel_for(20000, [&](int64_t, int tid) {
+      if (busy[size_t(tid)].fetch_add(1) != 0) clash.store(1);
+      busy[size_t(tid)].fetch_sub(1);
+    });
+    CHECK(clash.load() == 0, "pool(%d): two concurrent items shared a tid", nt);
+    // A nested loop runs inline instead of deadlocking.
+    std::atomic<int64_t> sum{0};
+    pool.parallel_for(8, [&](int64_t i, int) {
+      pool.parallel_for(10, [&](int64_t j, int) { sum.fetch_add(i * 10 + j); });
+    });
+    CHECK(sum.load() == 79 * 80 / 2, "nested loops: sum %" PRId64, sum.load());
+  }
+  ThreadPool zero(0);
+  CHECK(zero.size() == 1, "ThreadPool(0) size %d", zero.size());
+  int c = 0;
+  zero.parallel_for(5, [&](int64_t, int) { ++c; });
+  CHECK(c == 5, "inline pool ran %d items", c);
+
+  // Wake latency after the workers went to sleep, and back-to-back loop overhead.
+  ThreadPool pool(2);
+  std::atomic<int64_t> s{0};
+  pool.parallel_for(2, [&](int64_t i, int) { s += i; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  double t0 = now_s();
+  pool.parallel_for(2, [&](int64_t i, int) { s += i; });
+  const double cold = now_s() - t0;
+  t0 = now_s();
+  for (int i = 0; i < 10000; ++i) pool.parallel_for(2, [&](int64_t j, int) { s += j; });
+  const double hot = (now_s() - t0) / 10000;
+  std::printf("thread pool: loop after sleep %.1f us, back-to-back loop %.2f us (2 threads)\n",
+              cold * 1e6, hot * 1e6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gelu: vector kernels against the scalar gelu_new and a double reference.
+
+void test_gelu() {
+  std::vector<float> in;
+  for (double v = -30.0; v <= 30.0; v += 1.0 / 4096) in.push_back(float(v));
+  for (float v : {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-6f, -1e-6f, 88.0f, -88.0f, 1e30f, -1e30f,
+                  std::numeric_limits<float>::infinity(), std::numeric_limits<float>::denorm_min()})
+    in.push_back(v);
+  std::vector<float> out(in.size());
+  struct Impl {
+    const char* name;
+    void (*fn)(const float*, float*, int64_t);
+    bool ok;
+  };
+  Impl impls[] = {{"avx2", kern::avx2_gelu, isa_supported(Isa::Avx2)},
+                  {"avx512", kern::avx512_gelu, isa_supported(Isa::Avx512)}};
+  // Error of the scalar gelu_new itself against the double formula, for scale.
+  double s_rel = 0, s_tail = 0;
+  for (float v : in) {
+    if (!std::isfinite(v)) continue;
+    const double r = gelu_d(v), s = gelu_new(v);
+    if (std::fabs(r) >= 0.1 * std::fabs(double(v))) s_rel = std::max(s_rel, std::fabs(s - r) / std::fabs(r));
+    else s_tail = std::max(s_tail, std::fabs(s - r) / std::max(std::fabs(double(v)), 1e-30));
+  }
+  std::printf("gelu: scalar gelu_new vs double: max rel %.2e (|gelu|>=0.1|x|), max |err|/|x| %.2e (tail)\n",
+              s_rel, s_tail);
+  for (const Impl& im : impls) {
+    if (!im.ok) continue;
+    im.fn(in.data(), out.data(), int64_t(in.size()));
+    double rel = 0, tail = 0, vs_d = 0;
+    int nan_mismatch = 0;
+    for (size_t i = 0; i < in.size(); ++i) {
+      const float v = in[i];
+      const float s = gelu_new(v), o = out[i];
+      if (std::isnan(s) != std::isnan(o) || (std::isinf(s) && s != o)) {
+        ++nan_mismatch;
+        continue;
+      }
+      if (!std::isfinite(s)) continue;
+      const double d = std::fabs(double(o) - double(s));
+      const double r = gelu_d(v);
+      if (std::fabs(double(s)) >= 0.1 * std::fabs(double(v))) {
+        rel = std::max(rel, d / std::max(std::fabs(double(s)), 1e-37));
+        vs_d = std::max(vs_d, std::fabs(double(o) - r) / std::fabs(r));
+      } else {
+        // 0.5 x (1 + tanh u) cancels for x << 0 in both versions: bound by |x| ulp(1).
+        tail = std::max(tail, d / std::fabs(double(v)));
+      }
+    }
+    std::printf("gelu: %s vs scalar: max rel %.2e (|gelu|>=0.1|x|), max |diff|/|x| %.2e (tail); "
+                "vs double: max rel %.2e\n",
+                im.name, rel, tail, vs_d);
+    CHECK(nan_mismatch == 0, "%s gelu: %d inf/nan mismatches", im.name, nan_mismatch);
+    CHECK(rel <= 1e-6, "%s gelu: relative error %.3e vs scalar", im.name, rel);
+    CHECK(tail <= 3e-7, "%s gelu tail error %.3e", im.name, tail);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM correctness.
+
+struct Shape {
+  int M;
+  int64_t N, K;
+};
+
+constexpr int kGuard = 64;
+const uint32_t kGuardBits = 0x7fc0dead;  // a NaN with a recognizable payload
+
+struct Buf {
+  std::vector<float> v;
+  float* p;
+  size_t n;
+  explicit Buf(size_t n_) : v(n_ + 2 * kGuard), n(n_) {
+    p = v.data() + kGuard;
+    for (int i = 0; i < kGuard; ++i) {
+      std::memcpy(&v[size_t(i)], &kGuardBits, 4);
+      std::memcpy(&v[n + kGuard + size_t(i)], &kGuardBits, 4);
+    }
+  }
+  bool guards_ok() const {
+    for (int i = 0; i < kGuard; ++i)
+      if (bits(v[size_t(i)]) != kGuardBits || bits(v[n + kGuard + size_t(i)]) != kGuardBits) return false;
+    return true;
+  }
+};
+
+struct Case {
+  Shape s;
+  DType sd, cd;
+  bool kn;
+};
+
+// Checks one (shape, dtype pair, layout) over every ISA, epilogue and bias choice.
+void check_case(const Case& cs, std::mt19937& rng, ThreadPool& pool, ThreadPool& pool1,
+                ThreadPool& pool3, bool full_invariance) {
+  const int M = cs.s.M;
+  const int64_t N = cs.s.N, K = cs.s.K;
+  TestWeight tw = make_weight(N, K, cs.sd, cs.cd, cs.kn, rng);
+  // x with row stride ldx > K; the padding is NaN so any read of it poisons a result.
+  const int64_t ldx = K + 3;
+  std::vector<float> x(size_t(M * ldx) + 8, std::numeric_limits<float>::quiet_NaN());
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int m = 0; m < M; ++m)
+    for (int64_t k = 0; k < K; ++k) x[size_t(m * ldx + k)] = nd(rng);
+  std::vector<float> bias(size_t(N) + 16, std::numeric_limits<float>::quiet_NaN());
+  for (int64_t n = 0; n < N; ++n) bias[size_t(n)] = nd(rng) * 0.5f;
+  std::vector<float> y0(size_t(M * N));  // AddTo's prior contents
+  for (auto& v : y0) v = nd(rng);
+
+  // References: double sum, sum of |terms| (error scale), fp32 fma chain (bitwise contract).
+  std::vector<double> ref(size_t(M * N)), mag(size_t(M * N));
+  std::vector<float> chain(size_t(M * N));
+  for (int m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0, a = 0;
+      float c = 0.0f;
+      const float* xr = &x[size_t(m * ldx)];
+      const float* wr = &tw.rounded[size_t(n * K)];
+      for (int64_t k = 0; k < K; ++k) {
+        s += double(xr[k]) * double(wr[k]);
+        a += std::fabs(double(xr[k]) * double(wr[k]));
+        c = std::fma(xr[k], wr[k], c);
+      }
+      ref[size_t(m * N + n)] = s;
+      mag[size_t(m * N + n)] = a;
+      chain[size_t(m * N + n)] = c;
+    }
+
+  for (Isa isa : supported_isas()) {
+    auto pw = pack_weight(tw.view, cs.cd, isa, pool);
+    const bool pairs = pw->fmt == kern::kBF16Pairs;
+    // fp32 chain error bound: |err| <= K u sum|x w| (u = 2^-24) with slack; the bf16-pairs
+    // kernel also rounds x to bf16 (relative 2^-9 per term).
+    const double chain_rel = pairs ? std::ldexp(1.0, -8) : (double(K) + 2) * std::ldexp(1.0, -23);
+    for (Epilogue ep : {Epilogue::Store, Epilogue::Gelu, Epilogue::AddTo}) {
+      for (int with_bias = 0; with_bias < 2; ++with_bias) {
+        const float* b = with_bias ? bias.data() : nullptr;
+        Buf y(size_t(M * N));
+        if (ep == Epilogue::AddTo) std::copy(y0.begin(), y0.end(), y.p);
+        else std::fill(y.p, y.p + M * N, -12345.0f);
+        gemm(x.data(), ldx, M, *pw, b, y.p, ep, pool);
+        CHECK(y.guards_ok(), "%s %s->%s kn=%d M=%d N=%" PRId64 " K=%" PRId64 " %s: guard overwritten",
+              isa_name(isa), dtype_name(cs.sd), dtype_name(cs.cd), cs.kn, M, N, K, ep_name(ep));
+        int bad = 0, bad_bits = 0;
+        double worst = 0;
+        for (int m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            const size_t i = size_t(m * N + n);
+            const float bv = b ? b[n] : 0.0f;
+            double pre = ref[i] + double(bv);
+            double expect = pre, tol = chain_rel * mag[i] + 4e-7 * std::fabs(pre) + 1e-30;
+            float exact = b ? chain[i] + bv : chain[i];  // fp32 contract value before epilogue
+            if (ep == Epilogue::Gelu) {
+              expect = gelu_d(pre);
+              tol = tol * 1.2 + 2e-6 * std::fabs(expect) + 3e-7 * std::fabs(pre);
+            } else if (ep == Epilogue::AddTo) {
+              expect = double(y0[i]) + pre;
+              tol += 1.2e-7 * (std::fabs(double(y0[i])) + std::fabs(pre));
+              exact = y0[i] + exact;
+            }
+            const double err = std::fabs(double(y.p[i]) - expect);
+            if (!(err <= tol)) ++bad;
+            if (std::isfinite(tol) && tol > 0) worst = std::max(worst, err / tol);
+            if (!pairs && ep != Epilogue::Gelu && bits(y.p[i]) != bits(exact)) ++bad_bits;
+          }
+        CHECK(bad == 0, "%s %s->%s kn=%d M=%d N=%" PRId64 " K=%" PRId64 " %s bias=%d: %d outputs "
+              "outside tolerance (worst %.2f x tol)", isa_name(isa), dtype_name(cs.sd),
+              dtype_name(cs.cd), cs.kn, M, N, K, ep_name(ep), with_bias, bad, worst);
+        CHECK(bad_bits == 0, "%s %s->%s kn=%d M=%d N=%" PRId64 " K=%" PRId64 " %s bias=%d: %d "
+              "outputs differ from the fp32 fma chain", isa_name(isa), dtype_name(cs.sd),
+              dtype_name(cs.cd), cs.kn, M, N, K, ep_name(ep), with_bias, bad_bits);
+
+        // Batch invariance: each row alone (M = 1), a sub-batch at an offset, other thread
+        // counts. All must be bitwise equal to the batched result.
+        if (!full_invariance && !(with_bias == 1)) continue;
+        std::vector<float> one(static_cast<size_t>(N));
+        int diff_rows = 0;
+        for (int m = 0; m < M; ++m) {
+          if (ep == Epilogue::AddTo) std::copy(&y0[size_t(m * N)], &y0[size_t(m * N + N)], one.begin());
+          gemm(&x[size_t(m * ldx)], ldx, 1, *pw, b, one.data(), ep, pool);
+          if (std::memcmp(one.data(), y.p + m * N, size_t(N) * 4) != 0) ++diff_rows;
+        }
+        CHECK(diff_rows == 0, "%s %s->%s M=%d N=%" PRId64 " K=%" PRId64 " %s: %d rows differ "
+              "between the batch and M=1", isa_name(isa), dtype_name(cs.sd), dtype_name(cs.cd),
+              M, N, K, ep_name(ep), diff_rows);
+        if (M > 2) {
+          const int off = M / 3;
+          std::vector<float> sub(size_t((M - off) * N));
+          if (ep == Epilogue::AddTo) std::copy(&y0[size_t(off * N)], &y0[size_t(M * N)], sub.begin());
+          gemm(&x[size_t(off * ldx)], ldx, M - off, *pw, b, sub.data(), ep, pool);
+          CHECK(std::memcmp(sub.data(), y.p + off * N, sub.size() * 4) == 0,
+                "%s M=%d N=%" PRId64 " K=%" PRId64 " %s: sub-batch at offset %d differs",
+                isa_name(isa), M, N, K, ep_name(ep), off);
+        }
+        for (ThreadPool* tp : {&pool1, &pool3}) {
+          std::vector<float> yt(size_t(M * N));
+          if (ep == Epilogue::AddTo) std::copy(y0.begin(), y0.end(), yt.begin());
+          gemm(x.data(), ldx, M, *pw, b, yt.data(), ep, *tp);
+          CHECK(std::memcmp(yt.data(), y.p, yt.size() * 4) == 0,
+                "%s M=%d N=%" PRId64 " K=%" PRId64 " %s: %d threads differ from %d",
+                isa_name(isa), M, N, K, ep_name(ep), tp->size(), pool.size());
+        }
+      }
+    }
+  }
+}
+
+void test_gemm(bool quick, ThreadPool& pool) {
+  ThreadPool pool1(1), pool3(3);
+  std::mt19937 rng(12345);
+  const std::vector<int> Ms = quick ? std::vector<int>{1, 3, 7, 33} : std::vector<int>{1, 2, 3, 5, 7, 13, 32, 33, 100};
+  const std::vector<int64_t> Ns = quick ? std::vector<int64_t>{1, 17, 1003} : std::vector<int64_t>{1, 15, 17, 33, 1003};
+  const std::vector<int64_t> Ks = quick ? std::vector<int64_t>{1, 65, 768} : std::vector<int64_t>{1, 3, 64, 65, 768};
+  const double t0 = now_s();
+  int cases = 0;
+  // Main sweep: every shape, fp32 / f16 / bf16 compute from a same-dtype checkpoint, both
+  // layouts (alternating per shape so both see every M, N and K).
+  int idx = 0;
+  for (int M : Ms)
+    for (int64_t N : Ns)
+      for (int64_t K : Ks) {
+        for (DType d : {DType::F32, DType::F16, DType::BF16}) {
+          const bool kn = ((idx++) & 1) != 0;
+          // Large cases keep the per-row invariance check to the bias variant to bound time.
+          const bool full = int64_t(M) * N * K < 2000000;
+          check_case(Case{{M, N, K}, d, d, kn}, rng, pool, pool1, pool3, full);
+          ++cases;
+        }
+      }
+  // Cross-dtype conversions and both layouts on a few shapes (incl. odd K for k-pairs).
+  for (const Shape& s : {Shape{5, 33, 65}, Shape{1, 1003, 768}, Shape{13, 17, 3}, Shape{32, 50, 768}})
+    for (DType sd : {DType::F32, DType::F16, DType::BF16})
+      for (DType cd : {DType::F32, DType::F16, DType::BF16})
+        for (bool kn : {false, true}) {
+          check_case(Case{s, sd, cd, kn}, rng, pool, pool1, pool3, false);
+          ++cases;
+        }
+  // K blocking (K > 384 triggers it for M >= 4): K not a multiple of the block.
+  for (const Shape& s : {Shape{6, 40, 3072}, Shape{17, 33, 1001}, Shape{100, 100, 2049}}) {
+    check_case(Case{s, DType::F32, DType::F32, true}, rng, pool, pool1, pool3, true);
+    check_case(Case{s, DType::BF16, DType::BF16, false}, rng, pool, pool1, pool3, true);
+    cases += 2;
+  }
+  // Degenerate sizes: K = 0 gives bias (or 0); N = 0 / M = 0 do nothing.
+  for (Isa isa : supported_isas()) {
+    std::vector<float> w(16, 1.0f);
+    auto pw = pack_weight(WeightView{w.data(), DType::F32, 4, 0, true, "k0"}, DType::F32, isa, pool);
+    float xv[4] = {1, 2, 3, 4}, bias[4] = {1, -2, 3, -4};
+    Buf y(8);
+    gemm(xv, 0, 2, *pw, bias, y.p, Epilogue::Store, pool);
+    bool ok = y.guards_ok();
+    for (int i = 0; i < 8; ++i) ok = ok && y.p[i] == bias[i % 4];
+    CHECK(ok, "%s: K = 0 should give y = bias", isa_name(isa));
+    auto pe = pack_weight(WeightView{w.data(), DType::F32, 0, 4, true, "n0"}, DType::F32, isa, pool);
+    Buf y2(1);
+    gemm(xv, 4, 1, *pe, nullptr, y2.p, Epilogue::Store, pool);
+    gemm(xv, 4, 0, *pw, nullptr, y2.p, Epilogue::Store, pool);
+    CHECK(y2.guards_ok(), "%s: N = 0 / M = 0 wrote something", isa_name(isa));
+  }
+  // Packing for an ISA the CPU lacks must refuse.
+  if (!isa_supported(Isa::Avx512)) {
+    std::vector<float> w(16, 1.0f);
+    bool threw = false;
+    try {
+      pack_weight(WeightView{w.data(), DType::F32, 4, 4, true, "w"}, DType::F32, Isa::Avx512, pool);
+    } catch (const Error& e) {
+      threw = std::string(e.code()) == E_BACKEND;
+    }
+    CHECK(threw, "pack_weight for avx512 on a CPU without it did not throw E_BACKEND");
+  }
+  std::printf("gemm: %d cases (x %zu ISAs x 3 epilogues x 2 bias) checked in %.1f s\n", cases,
+              supported_isas().size(), now_s() - t0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark.
+
+struct BenchShape {
+  const char* name;
+  int M;
+  int64_t K, N;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void bench(ThreadPool& pool) {
+  const Isa isa = best_isa();
+  std::printf("\nbenchmark: isa %s (cpu: %s), %d threads, median of 5\n", isa_name(isa),
+              cpu_features_string().c_str(), pool.size());
+  const double peak = measure_peak_fma_gflops(pool);
+  const double bw = measure_read_bandwidth_gbs(pool);
+  std::printf("roofline: peak FMA %.1f GFLOP/s, streaming read bandwidth %.2f GB/s (1 GiB buffer)\n",
+              peak, bw);
+  const BenchShape shapes[] = {
+      {"prefill qkv", 512, 768, 2304}, {"prefill attn.proj", 512, 768, 768},
+      {"prefill fc", 512, 768, 3072},  {"prefill mlp.proj", 512, 3072, 768},
+      {"b32 qkv", 32, 768, 2304},      {"b32 attn.proj", 32, 768, 768},
+      {"b32 fc", 32, 768, 3072},       {"b32 mlp.proj", 32, 3072, 768},
+      {"b32 lm_head", 32, 768, 50257}, {"b1 qkv", 1, 768, 2304},
+      {"b1 attn.proj", 1, 768, 768},   {"b1 fc", 1, 768, 3072},
+      {"b1 mlp.proj", 1, 3072, 768},   {"b1 lm_head", 1, 768, 50257},
+  };
+  std::printf("%-18s %-5s %-5s %9s %7s %9s %7s   %s\n", "shape (M,K,N)", "dtype", "W", "GFLOP/s",
+              "%peak", "W GB/s", "%bw", "time");
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  for (DType cd : {DType::F32, DType::BF16}) {
+    for (const BenchShape& bs : shapes) {
+      const int64_t M = bs.M, K = bs.K, N = bs.N;
+      std::vector<float> w(size_t(N * K));
+      for (auto& v : w) v = nd(rng);
+      std::vector<float> x(size_t(M * K)), bias(static_cast<size_t>(N)), y(size_t(M * N));
+      for (auto& v : x) v = nd(rng);
+      for (auto& v : bias) v = nd(rng);
+      const WeightView view{w.data(), DType::F32, N, K, bs.N != 50257, bs.name};
+      // "hot": one weight, reused (L3-resident when it fits in L3). "cold": enough copies to
+      // exceed the L3 several times over, cycled, as decode does over the model's layers.
+      std::vector<std::unique_ptr<PackedWeight>> copies;
+      copies.push_back(pack_weight(view, cd, isa, pool));
+      const size_t wbytes = copies[0]->bytes;
+      const bool do_cold = bs.M <= 32;
+      if (do_cold) {
+        const size_t want = size_t(256) << 20;
+        while (copies.size() * wbytes < want) copies.push_back(pack_weight(view, cd, isa, pool));
+      }
+      for (int mode = 0; mode < (do_cold ? 2 : 1); ++mode) {
+        const size_t nc = mode == 0 ? 1 : copies.size();
+        auto run_all = [&] {
+          for (size_t i = 0; i < nc; ++i)
+            gemm(x.data(), K, int(M), *copies[i], bias.data(), y.data(), Epilogue::Store, pool);
+        };
+        run_all();  // warm up (page faults, caches)
+        int inner = 1;
+        {
+          const double t0 = now_s();
+          run_all();
+          const double t = now_s() - t0;
+          inner = std::max(1, int(0.05 / std::max(t, 1e-7)));  // ~50 ms per sample
+        }
+        std::vector<double> samples;
+        for (int s = 0; s < 5; ++s) {
+          const double t0 = now_s();
+          for (int r = 0; r < inner; ++r) run_all();
+          samples.push_back((now_s() - t0) / (double(inner) * double(nc)));
+        }
+        const double t = median(samples);
+        const double gflops = 2.0 * double(M) * double(N) * double(K) / t * 1e-9;
+        const double gbs = double(wbytes) / t * 1e-9;
+        std::printf("%-18s %-5s %-5s %9.1f %6.1f%% %9.2f %6.1f%%   %.3f ms   (M=%" PRId64 " K=%" PRId64
+                    " N=%" PRId64 ")\n",
+                    bs.name, dtype_name(cd), mode == 0 ? "hot" : "cold", gflops, 100 * gflops / peak,
+                    gbs, 100 * gbs / bw, t * 1e3, M, K, N);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool do_test = true, do_bench = true, quick = false;
+  int threads = 2;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--test") do_bench = false;
+    else if (a == "--bench") do_test = false;
+    else if (a == "--quick") quick = true;
+    else if (a.rfind("--threads=", 0) == 0) threads = std::atoi(a.c_str() + 10);
+    else {
+      std::fprintf(stderr, "usage: gemm_test [--test|--bench] [--quick] [--threads=N]\n");
+      return 2;
+    }
+  }
+  std::printf("cpu features: %s; best isa: %s; tested isas:", cpu_features_string().c_str(),
+              isa_name(best_isa()));
+  for (Isa i : supported_isas()) std::printf(" %s", isa_name(i));
+  std::printf("\n");
+  ThreadPool pool(threads);
+  try {
+    if (do_test) {
+      test_thread_pool();
+      test_gelu();
+      test_gemm(quick, pool);
+      std::printf("%s: %" PRId64 " checks, %d failures\n", g_failures ? "FAILED" : "OK", g_checks,
+                  g_failures);
+    }
+    if (do_bench) bench(pool);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error %s: %s\n", e.code(), e.what());
+    return 1;
+  }
+  return g_failures ? 1 : 0;
+}
