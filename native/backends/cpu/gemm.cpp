@@ -13,6 +13,10 @@
 #include <cstring>
 #include <string>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include "backends/cpu/cpu_features.h"
 #include "backends/cpu/gemm_kernels.h"
 #include "core/errors.h"
@@ -26,6 +30,20 @@ size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 void* aligned_alloc64(size_t bytes) {
   void* p = nullptr;
   if (posix_memalign(&p, 64, round_up(bytes ? bytes : 64, 64)) != 0) p = nullptr;
+  return p;
+}
+
+// Packed weights: big ones are 2 MiB aligned and offered to transparent huge pages (fewer TLB
+// misses when a decode step streams the whole model).
+void* alloc_weight(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (bytes < 2 * kHuge) return aligned_alloc64(bytes);
+  void* p = nullptr;
+  const size_t len = round_up(bytes, kHuge);
+  if (posix_memalign(&p, kHuge, len) != 0) return nullptr;
+#ifdef MADV_HUGEPAGE
+  madvise(p, len, MADV_HUGEPAGE);
+#endif
   return p;
 }
 
@@ -149,7 +167,7 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
   pw->n_panels = (N + nr - 1) / nr;
   pw->panel_bytes = int64_t(round_up(size_t(krows) * row_bytes, 64));
   pw->bytes = size_t(pw->n_panels) * size_t(pw->panel_bytes);
-  pw->data = aligned_alloc64(pw->bytes);
+  pw->data = alloc_weight(pw->bytes);
   if (!pw->data)
     throw Error(E_OOM, "[cpu] cannot allocate " + std::to_string(pw->bytes) + " bytes for " + w.name);
   if (pw->bytes == 0) return pw;
@@ -232,13 +250,17 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   const int64_t mc_max = 48;
   const int64_t nrb = M <= 3 ? 1 : (M + mc_max - 1) / mc_max;
   const int64_t rb_base = M / nrb, rb_extra = M % nrb;
-  // Panel blocks: up to 8 panels (128 fp32 columns for AVX2) per task, fewer when that would
-  // leave too few tasks to balance over the threads; skinny batches take wider blocks.
+  // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task, many
+  // small tasks so the dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32
+  // columns for AVX2) per task, fewer until there are >= 8 tasks per thread (>= 2 panels).
   const int64_t g = M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
-  int64_t ppt = M <= 3 ? 16 : 8;
-  if (nr == kern::kNrAvx512) ppt /= 2;
-  while (ppt > g && nrb * ((np + ppt - 1) / ppt) < 4 * threads) ppt -= g;
-  if (ppt < 1) ppt = 1;
+  int64_t ppt;
+  if (M <= 3) {
+    ppt = g;
+  } else {
+    ppt = nr == kern::kNrAvx512 ? 4 : 8;
+    while (ppt > 2 && nrb * ((np + ppt - 1) / ppt) < 8 * threads) ppt /= 2;
+  }
   const int64_t npb = (np + ppt - 1) / ppt;
   // K blocks: only for long K (the 3072-wide MLP projection), where a whole panel (K x 64 B)
   // and the tile's rows of x stop fitting in L2 next to each other; measured on Zen 3, blocks
@@ -249,7 +271,8 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     kc = (kc + 7) / 8 * 8;  // a multiple of 8 keeps k-pairs and cache lines whole
     c.kc = kc;
   }
-  const size_t scratch_bytes = c.kc < K ? size_t(rb_base + 1) * size_t(ppt) * size_t(nr) * 4 : 0;
+  const size_t rows_max = size_t(rb_base + (rb_extra ? 1 : 0));
+  const size_t scratch_bytes = c.kc < K ? rows_max * size_t(ppt) * size_t(nr) * 4 : 0;
 
   struct Ctx {
     const kern::GemmCall* c;

@@ -117,14 +117,15 @@ inline void load_w(const uint8_t* p, __m512& b0, __m512& b1) {
 
 constexpr int kModeFirst = 1;
 constexpr int kModeLast = 2;
-constexpr int kPrefetchBytes = 1024;
 
 template <int R, int G, int FMT>
-void tile(const GemmCall& c, int64_t m, int64_t p, int64_t k0, int64_t kl, int mode, float* sc,
-          int64_t sc_pstride) {
+void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p, int64_t k0,
+          int64_t kl, int mode, float* sc, int64_t sc_pstride) {
   constexpr int RB = row_bytes<FMT>();
   constexpr int KPR = k_per_row<FMT>();
-  constexpr bool kPrefetch = R <= 3;
+  // As in gemm_avx2.cpp: skinny tiles leave W streaming to the hardware prefetcher, taller ones
+  // prefetch the next panel into L2 while this one is in use.
+  constexpr bool kPrefetchNext = R >= 4;
   __m512 acc[R][2 * G];
   if (mode & kModeFirst) {
 #pragma GCC unroll 16
@@ -142,8 +143,6 @@ void tile(const GemmCall& c, int64_t m, int64_t p, int64_t k0, int64_t kl, int m
   const int64_t nrows = (kl + KPR - 1) / KPR;
   const uint8_t* wp = c.w + p * c.panel_bytes + (k0 / KPR) * RB;
   const int64_t pb = c.panel_bytes;
-  const float* xp = c.x + m * c.ldx + k0;
-  const int64_t ldx = c.ldx;
   const uint32_t* xq = FMT == kBF16Pairs ? c.xpairs + m * c.ldxp + k0 / 2 : nullptr;
   const int64_t ldxp = c.ldxp;
 #pragma GCC unroll 2
@@ -151,14 +150,11 @@ void tile(const GemmCall& c, int64_t m, int64_t p, int64_t k0, int64_t kl, int m
     __m512 b[2 * G];
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) {
-      if constexpr (kPrefetch) {
-        _mm_prefetch(reinterpret_cast<const char*>(wp + g * pb + k * RB + kPrefetchBytes),
-                     _MM_HINT_T0);
-        if (RB == 128)
-          _mm_prefetch(reinterpret_cast<const char*>(wp + g * pb + k * RB + kPrefetchBytes + 64),
-                       _MM_HINT_T0);
-      }
       load_w<FMT>(wp + g * pb + k * RB, b[2 * g], b[2 * g + 1]);
+    }
+    if constexpr (kPrefetchNext) {
+      _mm_prefetch(reinterpret_cast<const char*>(wp + pb + k * RB), _MM_HINT_T1);
+      if (RB == 128) _mm_prefetch(reinterpret_cast<const char*>(wp + pb + k * RB + 64), _MM_HINT_T1);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -199,7 +195,8 @@ void tile(const GemmCall& c, int64_t m, int64_t p, int64_t k0, int64_t kl, int m
   }
 }
 
-using TileFn = void (*)(const GemmCall&, int64_t, int64_t, int64_t, int64_t, int, float*, int64_t);
+using TileFn = void (*)(const GemmCall&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int, float*, int64_t);
 
 constexpr int kMaxR = 8;
 constexpr int kMaxG = 4;
@@ -241,12 +238,15 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
     const int64_t k0 = kb * kc;
     const int64_t kl = K - k0 < kc ? K - k0 : kc;
     const int mode = (kb == 0 ? kModeFirst : 0) | (kb == nkb - 1 ? kModeLast : 0);
+    const float* xa = c.x + m0 * c.ldx + k0;
+    const int64_t lda = c.ldx;
     for (int64_t q = 0; q < np; q += G) {
       const int g = int(np - q < G ? np - q : G);
       int64_t r = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const int R = int(base + (t < extra ? 1 : 0));
-        fn[R][g](c, m0 + r, p0 + q, k0, kl, mode, scratch + q * sc_pstride + r * NR, sc_pstride);
+        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, mode,
+                 scratch + q * sc_pstride + r * NR, sc_pstride);
         r += R;
       }
     }
@@ -277,17 +277,37 @@ double avx512_fma_loop(int64_t iters, float* sink) {
   return double(iters) * 16 * 16 * 2;
 }
 
-double avx512_read_sum(const void* p, size_t bytes) {
-  const float* f = static_cast<const float*>(p);
-  const size_t n = bytes / 256;
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  for (size_t i = 0; i < n; ++i, f += 64) {
-    s0 = _mm512_add_ps(s0, _mm512_load_ps(f));
-    s1 = _mm512_add_ps(s1, _mm512_load_ps(f + 16));
-    s2 = _mm512_add_ps(s2, _mm512_load_ps(f + 32));
-    s3 = _mm512_add_ps(s3, _mm512_load_ps(f + 48));
+namespace {
+template <int S>
+double read_streams(const float* f, size_t bytes) {
+  const size_t part = bytes / S / 4;  // floats per stream
+  __m512 s0[S];
+#pragma GCC unroll 8
+  for (int j = 0; j < S; ++j) s0[j] = _mm512_setzero_ps();
+  __m512 s1[S];
+#pragma GCC unroll 8
+  for (int j = 0; j < S; ++j) s1[j] = _mm512_setzero_ps();
+  for (size_t i = 0; i + 32 <= part; i += 32) {
+#pragma GCC unroll 8
+    for (int j = 0; j < S; ++j) {
+      s0[j] = _mm512_add_ps(s0[j], _mm512_load_ps(f + j * part + i));
+      s1[j] = _mm512_add_ps(s1[j], _mm512_load_ps(f + j * part + i + 16));
+    }
   }
-  return double(_mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3))));
+  __m512 s = _mm512_setzero_ps();
+  for (int j = 0; j < S; ++j) s = _mm512_add_ps(s, _mm512_add_ps(s0[j], s1[j]));
+  return double(_mm512_reduce_add_ps(s));
+}
+}  // namespace
+
+double avx512_read_sum(const void* p, size_t bytes, int streams) {
+  const float* f = static_cast<const float*>(p);
+  switch (streams) {
+    case 1: return read_streams<1>(f, bytes);
+    case 2: return read_streams<2>(f, bytes);
+    case 4: return read_streams<4>(f, bytes);
+    default: return read_streams<8>(f, bytes);
+  }
 }
 
 }  // namespace llmcore::cpu::kern

@@ -44,8 +44,8 @@ struct GemmCall {
   int64_t ldxp;            // low half = even k; row stride in pairs
 };
 
-// Computes rows [m0, m1) x panels [p0, p1) of y, all of K. scratch holds at least
-// (m1 - m0) * (p1 - p0) * NR floats when kc < K (unused otherwise), 64-byte aligned.
+// Computes rows [m0, m1) x panels [p0, p1) of y, all of K. scratch (64-byte aligned) holds
+// (m1 - m0) * (p1 - p0) * NR floats for the parked accumulators when kc < K (unused otherwise).
 void avx2_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
                      float* scratch);
 void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
@@ -57,11 +57,12 @@ void avx512_gelu(const float* in, float* out, int64_t n);
 
 // Roofline microkernels. *_fma_loop runs `iters` iterations of independent register FMA chains
 // and returns the number of floating-point operations done (2 per lane per FMA); the result
-// value is stored to *sink so nothing is optimized away. *_read_sum streams `bytes` bytes
-// (a multiple of 256, 64-byte aligned) and returns their float sum.
+// value is stored to *sink so nothing is optimized away. *_read_sum reads `bytes` bytes (64-byte
+// aligned, a multiple of streams * 128) as `streams` (1, 2, 4 or 8) concurrent sequential
+// streams over equal contiguous parts, and returns their float sum.
 double avx2_fma_loop(int64_t iters, float* sink);
 double avx512_fma_loop(int64_t iters, float* sink);
-double avx2_read_sum(const void* p, size_t bytes);
-double avx512_read_sum(const void* p, size_t bytes);
+double avx2_read_sum(const void* p, size_t bytes, int streams);
+double avx512_read_sum(const void* p, size_t bytes, int streams);
 
 }  // namespace llmcore::cpu::kern

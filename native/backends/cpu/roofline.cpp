@@ -41,12 +41,15 @@ double sse2_fma_loop(int64_t iters, float* sink) {
   return double(iters) * 8 * 4 * 2;
 }
 
-double sse2_read_sum(const void* p, size_t bytes) {
+double sse2_read_sum(const void* p, size_t bytes, int streams) {
   const float* f = static_cast<const float*>(p);
+  const size_t part = bytes / size_t(streams) / 4;
   __m128 s[8];
   for (int j = 0; j < 8; ++j) s[j] = _mm_setzero_ps();
-  for (size_t i = 0; i < bytes / 128; ++i, f += 32)
-    for (int j = 0; j < 8; ++j) s[j] = _mm_add_ps(s[j], _mm_load_ps(f + 4 * j));
+  for (size_t i = 0; i + 16 <= part; i += 16)
+    for (int j = 0; j < streams; ++j)
+      for (int q = 0; q < 4; ++q)
+        s[(j * 4 + q) & 7] = _mm_add_ps(s[(j * 4 + q) & 7], _mm_load_ps(f + size_t(j) * part + i + 4 * q));
   __m128 t = s[0];
   for (int j = 1; j < 8; ++j) t = _mm_add_ps(t, s[j]);
   float r[4];
@@ -92,11 +95,11 @@ double fma_loop(Isa isa, int64_t iters, float* sink) {
   }
 }
 
-double read_sum(Isa isa, const void* p, size_t bytes) {
+double read_sum(Isa isa, const void* p, size_t bytes, int streams) {
   switch (isa) {
-    case Isa::Avx512: return kern::avx512_read_sum(p, bytes);
-    case Isa::Avx2: return kern::avx2_read_sum(p, bytes);
-    default: return sse2_read_sum(p, bytes);
+    case Isa::Avx512: return kern::avx512_read_sum(p, bytes, streams);
+    case Isa::Avx2: return kern::avx2_read_sum(p, bytes, streams);
+    default: return sse2_read_sum(p, bytes, streams);
   }
 }
 
@@ -153,17 +156,22 @@ double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes) {
     const size_t len = i == n - 1 ? bytes - size_t(i) * share : share;
     for (size_t j = 0; j < len / 4; ++j) f[j] = 1.0f + float(j & 7);
   });
+  // One sequential stream per thread is not always enough to saturate the memory system (the
+  // GEMV kernels read 4 panels at once), so try 1, 2, 4 and 8 concurrent streams per thread
+  // and keep the best trial of any: the honest maximum.
   double best = 0.0;
-  for (int trial = 0; trial < 6; ++trial) {
-    const double s = run_concurrently(pool, [&](int tid) {
-      // Threads and shares are paired by thread id; any pairing reads every share once.
-      const size_t i = size_t(tid);
-      const char* p = static_cast<const char*>(buf) + i * share;
-      const size_t len = i == size_t(n) - 1 ? bytes - i * share : share;
-      sums[i] += read_sum(isa, p, len / 256 * 256);
-    });
-    if (trial == 0 || s <= 0) continue;  // the first trial warms TLBs and page tables
-    best = std::max(best, double(bytes) / s * 1e-9);
+  for (int streams : {1, 2, 4, 8}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      const double s = run_concurrently(pool, [&](int tid) {
+        // Threads and shares are paired by thread id; any pairing reads every share once.
+        const size_t i = size_t(tid);
+        const char* p = static_cast<const char*>(buf) + i * share;
+        const size_t len = i == size_t(n) - 1 ? bytes - i * share : share;
+        sums[i] += read_sum(isa, p, len, streams);
+      });
+      if (trial == 0 || s <= 0) continue;  // the first trial re-warms TLBs after a switch
+      best = std::max(best, double(bytes) / s * 1e-9);
+    }
   }
   volatile double keep = 0;
   for (double v : sums) keep = keep + v;
