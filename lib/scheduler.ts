@@ -31,7 +31,7 @@ export class Scheduler {
   static maxStepTokens = 2048;
 
   private readonly active = new Set<ActiveSequence>();
-  private readonly between: Array<() => void> = [];
+  private readonly between: Array<{ run: () => void; fail: (reason: unknown) => void }> = [];
   private running = false;
   private closed: unknown = undefined;
 
@@ -41,12 +41,15 @@ export class Scheduler {
   exclusive<T>(fn: (engine: NativeEngine) => T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       if (this.closed) return reject(this.closed);
-      this.between.push(() => {
-        try {
-          resolve(fn(this.engine));
-        } catch (err) {
-          reject(wrapNativeError(err));
-        }
+      this.between.push({
+        run: () => {
+          try {
+            resolve(fn(this.engine));
+          } catch (err) {
+            reject(wrapNativeError(err));
+          }
+        },
+        fail: reject,
       });
       this.kick();
     });
@@ -63,7 +66,7 @@ export class Scheduler {
     this.closed = reason;
     for (const seq of this.active) seq.onError(reason);
     this.active.clear();
-    for (const op of this.between.splice(0)) op();  // each rejects: the engine is disposed
+    for (const op of this.between.splice(0)) op.fail(reason);
   }
 
   private kick(): void {
@@ -75,7 +78,7 @@ export class Scheduler {
   private async loop(): Promise<void> {
     try {
       while (!this.closed && (this.between.length > 0 || this.active.size > 0)) {
-        for (const op of this.between.splice(0)) op();
+        for (const op of this.between.splice(0)) op.run();
         const batch = this.takeBatch();
         if (batch.length === 0) continue;
         let result;
