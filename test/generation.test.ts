@@ -1,0 +1,609 @@
+// generate() / stream() semantics: KV-cache decoding against full recomputation, batching and
+// concurrency, seeded sampling, top-k / top-p sets checked against recomputed logits, lengths,
+// eos, stop strings, streaming, abort, dispose and option validation.
+//
+// NB: the random checkpoints carry openai-community/gpt2's config, whose task_specific_params
+// ask for do_sample: true and max_length: 50; generate() uses those as defaults (see
+// lib/config.ts), so every greedy test passes doSample: false explicitly.
+import {
+  DisposedError, LlmcoreError, OptionError, type GenerateOptions, type Model, type StreamChunk,
+} from '../lib';
+import {
+  argmax, checkpoint, freshModel, model, penalize, row, sortedDesc, tokenSequence, type CheckpointOptions,
+} from './helpers/fixtures';
+
+const TINY: CheckpointOptions = { preset: 'tiny' };
+const SMALL: CheckpointOptions = { preset: 'small' };
+const V = 50257;
+const greedy = (o: GenerateOptions = {}): GenerateOptions => ({ doSample: false, ...o });
+
+let tiny: Model;
+beforeAll(async () => {
+  tiny = await model(TINY);
+});
+
+/** Logits rows of a full recompute of prompt+generated: rows[i] is what predicted generated[i]. */
+async function recomputedRows(m: Model, prompt: number[], generated: number[]): Promise<Float32Array[]> {
+  if (generated.length === 0) return [];
+  const logits = await m.logits([...prompt, ...generated.slice(0, -1)]);
+  return generated.map((_, i) => row(logits, prompt.length - 1 + i, m.config.vocabSize));
+}
+
+async function collect(it: AsyncIterable<StreamChunk>): Promise<StreamChunk[]> {
+  const out: StreamChunk[] = [];
+  for await (const c of it) out.push(c);
+  return out;
+}
+
+const tokenText = (m: Model, t: number) => m.tokenizer.decode([t]);
+
+// -------------------------------------------------------------------------------------------
+describe('KV-cache decoding equals full recomputation', () => {
+  // Every greedy token must be the argmax of the recomputed (penalized) logits at its position.
+  // A token within 1e-5 of the max also passes, in case two logits tie to fp32 precision.
+  async function checkGreedy(m: Model, prompt: number[], n: number, penalty: number) {
+    const r = await m.generate(prompt, greedy({ maxNewTokens: n, repetitionPenalty: penalty }));
+    const gen = r.sequences[0].tokens;
+    expect(gen).toHaveLength(n);
+    expect(r.sequences[0].finishReason).toBe('length');
+    const rows = await recomputedRows(m, prompt, gen);
+    const exact: boolean[] = [];
+    gen.forEach((tok, i) => {
+      const x = penalize(rows[i], [...prompt, ...gen.slice(0, i)], penalty);
+      const best = argmax(x);
+      exact.push(best === tok);
+      expect(x[tok]).toBeGreaterThanOrEqual(x[best] - 1e-5);
+    });
+    expect(exact.filter((e) => !e).length).toBeLessThanOrEqual(1);
+    return gen;
+  }
+
+  test('tiny, no penalty, 40 new tokens (KV blocks 1..3)', async () => {
+    await checkGreedy(tiny, tokenSequence(5), 40, 1);
+  });
+
+  test('tiny, repetition penalty 1.5 applied in the test to the recomputed logits', async () => {
+    const gen = await checkGreedy(tiny, tokenSequence(7, 1), 30, 1.5);
+    expect(new Set(gen).size).toBeGreaterThan(1);
+  });
+
+  test('small (n_embd 200), 20-token prompt + 20 new tokens, penalty 1.2', async () => {
+    await checkGreedy(await model(SMALL), tokenSequence(20, 2), 20, 1.2);
+  });
+
+  test('a one-token prompt', async () => {
+    await checkGreedy(tiny, [464], 18, 1.3);
+  });
+
+  // Decode steps (one row) and the full recompute (many rows) may take different kernel paths.
+  test('f16 weights as stored, and f32 weights converted to bf16', async () => {
+    await checkGreedy(await model({ preset: 'tiny', dtype: 'f16' }), tokenSequence(6, 8), 24, 1.3);
+    await checkGreedy(await model(TINY, { device: 'cpu', dtype: 'bf16' }), tokenSequence(6, 8), 24, 1.3);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('batching and concurrency', () => {
+  const prompts = ['Hello world', tokenSequence(9, 3), 'The quick brown fox jumps over the lazy dog, and then'];
+  const opts = greedy({ maxNewTokens: 12, repetitionPenalty: 1.4 });
+
+  test('generate([p1, p2, p3]) equals three separate calls', async () => {
+    const batched = await tiny.generate(prompts, opts);
+    expect(batched).toHaveLength(3);
+    for (let i = 0; i < prompts.length; i++) {
+      const alone = await tiny.generate(prompts[i], opts);
+      expect(batched[i].sequences[0].tokens).toEqual(alone.sequences[0].tokens);
+      expect(batched[i].sequences[0].text).toBe(alone.sequences[0].text);
+      expect(batched[i].promptTokens).toEqual(alone.promptTokens);
+    }
+  });
+
+  test('concurrent generate() calls equal sequential ones', async () => {
+    const sequential = [];
+    for (const p of prompts) sequential.push((await tiny.generate(p, opts)).sequences[0].tokens);
+    const concurrent = await Promise.all(prompts.map((p) => tiny.generate(p, opts)));
+    expect(concurrent.map((r) => r.sequences[0].tokens)).toEqual(sequential);
+  });
+
+  test('seeded sampling is unaffected by other work sharing the batch', async () => {
+    const s = { doSample: true, topK: 0, seed: 1234, maxNewTokens: 16 };
+    const alone = (await tiny.generate('Once upon a time', s)).sequences[0].tokens;
+    const [mixed] = await Promise.all([
+      tiny.generate('Once upon a time', s),
+      tiny.generate(tokenSequence(30, 4), greedy({ maxNewTokens: 20 })),
+      tiny.logits(tokenSequence(25, 5)),
+    ]);
+    expect(mixed.sequences[0].tokens).toEqual(alone);
+  });
+
+  test('greedy decoding is deterministic across calls', async () => {
+    const a = await tiny.generate('Deterministic?', greedy({ maxNewTokens: 15 }));
+    const b = await tiny.generate('Deterministic?', greedy({ maxNewTokens: 15 }));
+    expect(b.sequences).toEqual(a.sequences);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('sampling', () => {
+  const base: GenerateOptions = { doSample: true, topK: 0, maxNewTokens: 30 };
+
+  test('same seed, same tokens; another seed, other tokens', async () => {
+    const a = await tiny.generate('Seeds', { ...base, seed: 42 });
+    const b = await tiny.generate('Seeds', { ...base, seed: 42 });
+    const c = await tiny.generate('Seeds', { ...base, seed: 43 });
+    expect(b.sequences[0].tokens).toEqual(a.sequences[0].tokens);
+    expect(a.sequences[0].tokens).toHaveLength(30);
+    // 30 draws from ~50k near-uniform tokens: equal by chance with probability ~0
+    expect(c.sequences[0].tokens).not.toEqual(a.sequences[0].tokens);
+  });
+
+  test('numReturnSequences: 5 sequences of the requested length, not all identical', async () => {
+    const r = await tiny.generate('Five', { ...base, maxNewTokens: 10, numReturnSequences: 5, seed: 7 });
+    expect(r.sequences).toHaveLength(5);
+    for (const s of r.sequences) {
+      if (s.finishReason === 'eos') continue; // possible in principle, 1/50257 per token
+      expect(s.tokens).toHaveLength(10);
+      expect(s.finishReason).toBe('length');
+    }
+    expect(new Set(r.sequences.map((s) => s.tokens.join(','))).size).toBeGreaterThan(1);
+    expect(r.stats.generatedTokens).toBe(r.sequences.reduce((n, s) => n + s.tokens.length, 0));
+    // reproducible as a whole
+    const again = await tiny.generate('Five', { ...base, maxNewTokens: 10, numReturnSequences: 5, seed: 7 });
+    expect(again.sequences).toEqual(r.sequences);
+  });
+
+  test('topK 3 never picks outside the 3 highest logits (temperature does not change the set)', async () => {
+    const prompt = tiny.tokenizer.encode('Top k');
+    const r = await tiny.generate(prompt, { doSample: true, topK: 3, temperature: 5, repetitionPenalty: 1, maxNewTokens: 20, numReturnSequences: 3, seed: 99 });
+    let notArgmax = 0;
+    for (const s of r.sequences) {
+      const rows = await recomputedRows(tiny, prompt, s.tokens);
+      s.tokens.forEach((tok, i) => {
+        const order = sortedDesc(rows[i]);
+        const kth = rows[i][order[2]];
+        expect(rows[i][tok]).toBeGreaterThanOrEqual(kth - 1e-5);
+        if (tok !== order[0]) notArgmax++;
+      });
+    }
+    expect(notArgmax).toBeGreaterThan(0); // it did sample, not just take the argmax
+  });
+
+  test('topP: every token lies in the nucleus of softmax(logits / temperature)', async () => {
+    const topP = 0.05;
+    const temperature = 0.1;
+    const prompt = tiny.tokenizer.encode('Nucleus sampling');
+    const r = await tiny.generate(prompt, { doSample: true, topK: 0, topP, temperature, maxNewTokens: 20, numReturnSequences: 2, seed: 5 });
+    const sizes: number[] = [];
+    for (const s of r.sequences) {
+      const rows = await recomputedRows(tiny, prompt, s.tokens);
+      s.tokens.forEach((tok, i) => {
+        const x = rows[i];
+        let max = -Infinity;
+        for (const v of x) max = Math.max(max, v);
+        const p = Float64Array.from(x, (v) => Math.exp((v - max) / temperature));
+        const total = p.reduce((a, b) => a + b, 0);
+        const order = sortedDesc(p);
+        // HF: keep each token whose predecessors (in descending order) sum to < topP
+        let before = 0;
+        let size = 0;
+        while (size < order.length && before < topP * total) before += p[order[size++]];
+        sizes.push(size);
+        const rank = order.indexOf(tok);
+        // the nucleus, or a token right at its edge within fp32 rounding of the cumulative sum
+        let cumBefore = 0;
+        for (let j = 0; j < rank; j++) cumBefore += p[order[j]];
+        expect(rank < size || cumBefore < (topP + 1e-4) * total).toBe(true);
+      });
+    }
+    expect(Math.max(...sizes)).toBeGreaterThan(1); // the nucleus was not trivially one token
+  });
+
+  test('repetitionPenalty changes the greedy output of a model that repeats', async () => {
+    const plain = (await tiny.generate('Repeat', greedy({ maxNewTokens: 20 }))).sequences[0].tokens;
+    const penalized = (await tiny.generate('Repeat', greedy({ maxNewTokens: 20, repetitionPenalty: 2 }))).sequences[0].tokens;
+    expect(new Set(plain).size).toBeLessThan(plain.length); // random tiny models repeat under greedy
+    expect(penalized).not.toEqual(plain);
+    expect(new Set(penalized).size).toBeGreaterThan(new Set(plain).size);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('lengths', () => {
+  const prompt = tokenSequence(5, 6);
+
+  test('maxLength counts the prompt', async () => {
+    const r = await tiny.generate(prompt, greedy({ maxLength: 12 }));
+    expect(r.sequences[0].tokens).toHaveLength(7);
+    expect(r.sequences[0].finishReason).toBe('length');
+    expect(r.stats.promptTokens).toBe(5);
+  });
+
+  test('maxNewTokens takes precedence over maxLength', async () => {
+    expect((await tiny.generate(prompt, greedy({ maxLength: 12, maxNewTokens: 3 }))).sequences[0].tokens).toHaveLength(3);
+    expect((await tiny.generate(prompt, greedy({ maxLength: 6, maxNewTokens: 9 }))).sequences[0].tokens).toHaveLength(9);
+  });
+
+  test('maxLength not above the prompt, or maxNewTokens 0: nothing generated', async () => {
+    for (const o of [{ maxLength: 5 }, { maxLength: 2 }, { maxNewTokens: 0 }]) {
+      const r = await tiny.generate(prompt, greedy(o));
+      expect(r.sequences).toEqual([{ text: '', tokens: [], finishReason: 'length' }]);
+    }
+  });
+
+  test("without length options: the checkpoint's max_length (50, from task_specific_params)", async () => {
+    const r = await tiny.generate(prompt, greedy());
+    expect(r.sequences[0].tokens).toHaveLength(45);
+  });
+
+  test('up to exactly n_positions', async () => {
+    const P = tiny.config.nPositions;
+    const r = await tiny.generate(prompt, greedy({ maxNewTokens: P - prompt.length }));
+    expect(r.sequences[0].tokens).toHaveLength(P - prompt.length);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('eos and stop strings', () => {
+  const EOS = 50256;
+
+  test('greedy reaching <|endoftext|> ends with finishReason eos (token included, text excluded)', async () => {
+    // A penalty < 1 boosts tokens already present; after [eos] that makes eos the argmax here.
+    const prompt = [EOS];
+    const penalty = 0.5;
+    const rows = await tiny.logits(prompt);
+    expect(argmax(penalize(row(rows, 0, V), prompt, penalty))).toBe(EOS); // precondition
+    const r = await tiny.generate(prompt, greedy({ maxNewTokens: 10, repetitionPenalty: penalty }));
+    expect(r.sequences[0]).toEqual({ text: '', tokens: [EOS], finishReason: 'eos' });
+    const chunks = await collect(tiny.stream(prompt, greedy({ maxNewTokens: 10, repetitionPenalty: penalty })));
+    expect(chunks[chunks.length - 1].finishReason).toBe('eos');
+    expect(chunks.flatMap((c) => c.tokens)).toEqual([EOS]);
+  });
+
+  test('sampled sequences that reach eos end there; the others run to full length', async () => {
+    // topK 2 after [eos] with penalty 0.5: eos is one of two candidates for the first token.
+    const r = await tiny.generate([EOS], { doSample: true, topK: 2, repetitionPenalty: 0.5, maxNewTokens: 10, numReturnSequences: 8, seed: 3 });
+    const ended = r.sequences.filter((s) => s.finishReason === 'eos');
+    const ran = r.sequences.filter((s) => s.finishReason === 'length');
+    expect(ended.length + ran.length).toBe(8);
+    expect(ended.length).toBeGreaterThan(0);
+    expect(ran.length).toBeGreaterThan(0);
+    for (const s of ended) {
+      expect(s.tokens[s.tokens.length - 1]).toBe(EOS);
+      expect(s.tokens.indexOf(EOS)).toBe(s.tokens.length - 1);
+      expect(s.text).toBe(tiny.tokenizer.decode(s.tokens.slice(0, -1)));
+    }
+    for (const s of ran) {
+      expect(s.tokens).toHaveLength(10);
+      expect(s.tokens).not.toContain(EOS);
+    }
+  });
+
+  // A sampled continuation (diverse tokens; the seed makes it reproducible) and its stop strings.
+  const sampled: GenerateOptions = { doSample: true, topK: 0, seed: 2024, maxNewTokens: 12 };
+
+  test('a stop string ends the text before it, finishReason stop', async () => {
+    const full = (await tiny.generate('Stop here', sampled)).sequences[0];
+    const stop = tokenText(tiny, full.tokens[2]);
+    expect(stop.length).toBeGreaterThan(0);
+    const r = (await tiny.generate('Stop here', { ...sampled, stop })).sequences[0];
+    expect(r.finishReason).toBe('stop');
+    expect(r.text).toBe(full.text.slice(0, full.text.indexOf(stop)));
+    expect(r.tokens).toEqual(full.tokens.slice(0, r.tokens.length));
+    expect(r.tokens.length).toBeLessThanOrEqual(3);
+    expect(r.text).not.toContain(stop);
+  });
+
+  test('a stop string spanning two tokens, given in an array with one that never occurs', async () => {
+    const full = (await tiny.generate('Stop here', sampled)).sequences[0];
+    const t4 = tokenText(tiny, full.tokens[4]);
+    const t5 = tokenText(tiny, full.tokens[5]);
+    const stop = t4.slice(-1) + t5.slice(0, 2);
+    const r = (await tiny.generate('Stop here', { ...sampled, stop: ['\u0000never\u0000', stop] })).sequences[0];
+    expect(r.finishReason).toBe('stop');
+    expect(r.text).toBe(full.text.slice(0, full.text.indexOf(stop)));
+    // stream: same text, and no chunk ever shows part of the stop string that is cut later
+    const chunks = await collect(tiny.stream('Stop here', { ...sampled, stop: ['\u0000never\u0000', stop] }));
+    expect(chunks.map((c) => c.text).join('')).toBe(r.text);
+    expect(chunks[chunks.length - 1].finishReason).toBe('stop');
+    expect(chunks.flatMap((c) => c.tokens)).toEqual(r.tokens);
+  });
+
+  test('the earliest of several stop strings wins', async () => {
+    const full = (await tiny.generate('Stop here', sampled)).sequences[0];
+    const early = tokenText(tiny, full.tokens[1]);
+    const late = tokenText(tiny, full.tokens[6]);
+    const r = (await tiny.generate('Stop here', { ...sampled, stop: [late, early] })).sequences[0];
+    expect(r.text).toBe(full.text.slice(0, Math.min(full.text.indexOf(early), full.text.indexOf(late))));
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('stream()', () => {
+  const opts = greedy({ maxNewTokens: 25, repetitionPenalty: 1.6 });
+
+  test('pieces concatenate to generate() text; tokens concatenate; only the last chunk has finishReason', async () => {
+    const g = (await tiny.generate('Streaming test', opts)).sequences[0];
+    const chunks = await collect(tiny.stream('Streaming test', opts));
+    expect(chunks.length).toBeGreaterThan(1);
+    expect(chunks.map((c) => c.text).join('')).toBe(g.text);
+    expect(chunks.flatMap((c) => c.tokens)).toEqual(g.tokens);
+    expect(chunks[chunks.length - 1].finishReason).toBe('length');
+    expect(chunks.slice(0, -1).every((c) => c.finishReason === undefined)).toBe(true);
+    expect(chunks.every((c) => c.index === 0)).toBe(true);
+  });
+
+  test('numReturnSequences: chunks by index rebuild generate()', async () => {
+    const o = { doSample: true, topK: 0, seed: 77, maxNewTokens: 8, numReturnSequences: 3 };
+    const g = await tiny.generate('Many streams', o);
+    const chunks = await collect(tiny.stream('Many streams', o));
+    for (let i = 0; i < 3; i++) {
+      const mine = chunks.filter((c) => c.index === i);
+      expect(mine.map((c) => c.text).join('')).toBe(g.sequences[i].text);
+      expect(mine.flatMap((c) => c.tokens)).toEqual(g.sequences[i].tokens);
+      expect(mine[mine.length - 1].finishReason).toBe(g.sequences[i].finishReason);
+    }
+  });
+
+  test('abort after the 3rd chunk: the stream ends with finishReason abort and fewer tokens', async () => {
+    const ac = new AbortController();
+    const chunks: StreamChunk[] = [];
+    for await (const c of tiny.stream('Abort me', greedy({ maxNewTokens: 100, signal: ac.signal }))) {
+      chunks.push(c);
+      if (chunks.length === 3) ac.abort();
+    }
+    const last = chunks[chunks.length - 1];
+    expect(last.finishReason).toBe('abort');
+    const n = chunks.flatMap((c) => c.tokens).length;
+    expect(n).toBeGreaterThanOrEqual(3);
+    expect(n).toBeLessThan(100);
+  });
+
+  test('generate() with an aborted signal, and aborted while running', async () => {
+    const pre = new AbortController();
+    pre.abort();
+    const r = await tiny.generate('x', greedy({ maxNewTokens: 10, numReturnSequences: 1, signal: pre.signal }));
+    expect(r.sequences).toEqual([{ text: '', tokens: [], finishReason: 'abort' }]);
+    const ac = new AbortController();
+    const running = tiny.generate('x', greedy({ maxNewTokens: 120, signal: ac.signal }));
+    setTimeout(() => ac.abort(), 20);
+    const s = (await running).sequences[0];
+    expect(s.finishReason).toBe('abort');
+    expect(s.tokens.length).toBeLessThan(120);
+  });
+
+  test('breaking out of for-await ends generation; the model stays usable and frees its KV blocks', async () => {
+    const m = await freshModel(TINY);
+    try {
+      const engine = (m as unknown as { engine: { kvBlocksInUse(): number } }).engine; // white-box
+      const before = engine.kvBlocksInUse();
+      let seen = 0;
+      for await (const c of m.stream('Break early', greedy({ maxNewTokens: 100 }))) {
+        seen += c.tokens.length;
+        if (seen >= 2) break;
+      }
+      const after = await m.generate('Still works', greedy({ maxNewTokens: 5 }));
+      expect(after.sequences[0].tokens).toHaveLength(5);
+      await new Promise((r) => setTimeout(r, 20)); // releases run between steps
+      expect(engine.kvBlocksInUse()).toBe(before);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  test('the event loop keeps ticking during a long generate (small, 150 tokens)', async () => {
+    const m = await model(SMALL);
+    let ticks = 0;
+    let last = performance.now();
+    let maxGap = 0;
+    const timer = setInterval(() => {
+      const now = performance.now();
+      maxGap = Math.max(maxGap, now - last);
+      last = now;
+      ticks++;
+    }, 5);
+    const t0 = performance.now();
+    try {
+      const r = await m.generate('tick', greedy({ maxNewTokens: 150 }));
+      expect(r.sequences[0].tokens).toHaveLength(150);
+    } finally {
+      clearInterval(timer);
+    }
+    const elapsed = performance.now() - t0;
+    console.log(`event loop: ${ticks} ticks in ${elapsed.toFixed(0)} ms, max gap ${maxGap.toFixed(1)} ms`);
+    expect(ticks).toBeGreaterThanOrEqual(10);
+    expect(maxGap).toBeLessThan(250);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('dispose', () => {
+  test('later calls reject with DisposedError (E_DISPOSED); dispose twice is fine', async () => {
+    const m = await freshModel(TINY);
+    m.dispose();
+    m.dispose();
+    for (const p of [m.generate('x', greedy({ maxNewTokens: 2 })), m.logits([1, 2]), m.stream('x').next()]) {
+      const err = await (p as Promise<unknown>).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DisposedError);
+      expect((err as DisposedError).code).toBe('E_DISPOSED');
+    }
+  });
+
+  // Regression (lib/scheduler.ts close(), fixed in 3bb1807): dispose() used to *run* the queued
+  // bookkeeping ops (a new call's newSequence) while a native step was still running, so the
+  // engine refused with E_INTERNAL "[engine] new sequence: a step is running" and that call
+  // rejected with it instead of DisposedError. Repro: start long prefills (eight 250-token
+  // prompts on 'small'), call generate() and dispose() while a step still runs natively (checked
+  // through the engine: white-box).
+  test('dispose while calls are running rejects them all with DisposedError, no crash', async () => {
+    const describe = (e: unknown) =>
+      e instanceof DisposedError ? 'DisposedError' : `${(e as Error)?.constructor?.name} ${(e as LlmcoreError)?.code}: ${(e as Error)?.message}`;
+    type Engine = { newSequence(s: number): number; releaseSequence(id: number): void };
+    const outcomes: string[] = [];
+    let m = await freshModel(SMALL);
+    try {
+      for (let attempt = 0; attempt < 30 && outcomes.length < 2; attempt++) {
+        const engine = (m as unknown as { engine: Engine }).engine;
+        // eight 250-token prompts: prefill steps of up to 2048 rows, long enough to catch
+        const long = Promise.all(
+          Array.from({ length: 8 }, (_, i) => m.generate(tokenSequence(250, attempt * 8 + i), greedy({ maxNewTokens: 1 }))),
+        ).catch((e: unknown) => e);
+        await new Promise((r) => setTimeout(r, 10)); // the step is issued and its worker thread starts
+        let stepRunning = false;
+        try {
+          engine.releaseSequence(engine.newSequence(0));
+        } catch {
+          stepRunning = true; // "a step is running": the precondition
+        }
+        if (!stepRunning) {
+          await long; // too late this time: the model is still fine, try again
+          continue;
+        }
+        const queued = m.generate('other', greedy({ maxNewTokens: 10 })).catch((e: unknown) => e);
+        m.dispose();
+        outcomes.push(`running: ${describe(await long)}; queued: ${describe(await queued)}`);
+        m = await freshModel(SMALL);
+      }
+    } finally {
+      m.dispose();
+    }
+    expect(outcomes).toEqual(Array(2).fill('running: DisposedError; queued: DisposedError'));
+  });
+
+  test('dispose during a stream ends it with DisposedError', async () => {
+    const m = await freshModel(TINY);
+    const it = m.stream('Disposed mid-way', greedy({ maxNewTokens: 100 }));
+    expect((await it.next()).done).toBe(false);
+    m.dispose();
+    const rest = await (async () => {
+      try {
+        for (;;) if ((await it.next()).done) return 'done';
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(rest).toBeInstanceOf(DisposedError);
+  });
+
+  // Node 20 defines Symbol.asyncDispose as Symbol.for('nodejs.asyncDispose') on the main realm's
+  // Symbol only; jest runs tests in a vm context whose Symbol lacks it. There lib/model.ts's
+  // `async [Symbol.asyncDispose]()` is evaluated as a method named "undefined", so `await using`
+  // cannot find it. BUG (minor; lib/model.ts): key the method by
+  // `Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')` so it works in every realm.
+  // In a plain Node process it works as is: test/esm.test.ts checks that.
+  test('BUG Symbol.asyncDispose and `await using` (in a vm realm without Symbol.asyncDispose)', async () => {
+    const sym = (Symbol as { asyncDispose?: symbol }).asyncDispose ?? Symbol.for('nodejs.asyncDispose');
+    (Symbol as { asyncDispose?: symbol }).asyncDispose = sym; // what TS's `await using` helper looks up
+    const m = await freshModel(TINY);
+    expect(typeof (m as unknown as Record<symbol, unknown>)[sym]).toBe('function');
+    let escaped: Model | undefined;
+    {
+      await using scoped = await freshModel(TINY);
+      escaped = scoped;
+      expect((await scoped.generate('x', greedy({ maxNewTokens: 1 }))).sequences[0].tokens).toHaveLength(1);
+    }
+    await expect(escaped.generate('x', greedy({ maxNewTokens: 1 }))).rejects.toBeInstanceOf(DisposedError);
+    await m[Symbol.asyncDispose]();
+    await expect(m.logits([1])).rejects.toBeInstanceOf(DisposedError);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('option validation (OptionError, E_OPTION, the message names the option)', () => {
+  const bad: [string, GenerateOptions | Record<string, unknown>, string][] = [
+    ['NaN temperature', { temperature: NaN }, 'temperature'],
+    ['zero temperature', { temperature: 0 }, 'temperature'],
+    ['negative maxNewTokens', { maxNewTokens: -1 }, 'maxNewTokens'],
+    ['fractional maxNewTokens', { maxNewTokens: 2.5 }, 'maxNewTokens'],
+    ['maxNewTokens above n_positions', { maxNewTokens: 129 }, 'maxNewTokens'],
+    ['maxLength 0', { maxLength: 0 }, 'maxLength'],
+    ['maxLength above n_positions', { maxLength: 129 }, 'maxLength'],
+    ['topP above 1', { topP: 1.5 }, 'topP'],
+    ['topP 0', { topP: 0 }, 'topP'],
+    ['negative topK', { topK: -1 }, 'topK'],
+    ['repetitionPenalty 0', { repetitionPenalty: 0 }, 'repetitionPenalty'],
+    ['NaN repetitionPenalty', { repetitionPenalty: NaN }, 'repetitionPenalty'],
+    ['negative seed', { seed: -1 }, 'seed'],
+    ['numReturnSequences 0', { numReturnSequences: 0, doSample: true }, 'numReturnSequences'],
+    ['numReturnSequences > 1 when greedy', { numReturnSequences: 2, doSample: false }, 'numReturnSequences'],
+    ['doSample not a boolean', { doSample: 'yes' }, 'doSample'],
+    ['empty stop string', { stop: '' }, 'stop'],
+    ['signal not an AbortSignal', { signal: {} }, 'signal'],
+    ['unknown option', { temprature: 1 }, 'temprature'],
+  ];
+
+  test.each(bad)('%s', async (_, options, name) => {
+    const length = 'maxLength' in options || 'maxNewTokens' in options ? {} : { maxNewTokens: 1 };
+    const err = await tiny.generate('x', { ...length, ...options } as GenerateOptions).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OptionError);
+    expect((err as OptionError).code).toBe('E_OPTION');
+    expect((err as Error).message).toContain(name);
+  });
+
+  test('snake_case option names get a camelCase hint', async () => {
+    for (const [snake, camel] of [['max_length', 'maxLength'], ['max_new_tokens', 'maxNewTokens'], ['top_p', 'topP'], ['repetition_penalty', 'repetitionPenalty']]) {
+      const err = await tiny.generate('x', { [snake]: 5 } as GenerateOptions).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OptionError);
+      expect((err as Error).message).toContain(snake);
+      expect((err as Error).message).toContain(camel);
+    }
+  });
+
+  test('prompt + maxNewTokens beyond n_positions', async () => {
+    const err = await tiny.generate(tokenSequence(100), greedy({ maxNewTokens: 29 })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OptionError);
+    expect((err as Error).message).toMatch(/maxNewTokens/);
+    expect((err as Error).message).toMatch(/n_positions=128/);
+    // exactly n_positions is fine (tested in 'lengths'); a prompt alone longer than it is not
+    await expect(tiny.generate(tokenSequence(129), greedy({ maxNewTokens: 0 }))).rejects.toBeInstanceOf(OptionError);
+    await expect(tiny.logits(tokenSequence(129))).rejects.toThrow(/n_positions/);
+  });
+
+  test('token ids out of range, or not integers', async () => {
+    for (const ids of [[V], [-1], [1.5], [3, Number.NaN]]) {
+      const err = await tiny.generate(ids, greedy({ maxNewTokens: 1 })).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OptionError);
+      expect((err as Error).message).toContain('token id');
+      await expect(tiny.logits(ids)).rejects.toBeInstanceOf(OptionError);
+    }
+  });
+
+  test('empty prompts', async () => {
+    await expect(tiny.generate('', greedy({ maxNewTokens: 1 }))).rejects.toThrow(OptionError);
+    await expect(tiny.generate([], greedy({ maxNewTokens: 1 }))).rejects.toThrow(OptionError);
+    await expect(tiny.logits([])).rejects.toThrow(OptionError);
+  });
+
+  test('invalid options reject stream() on its first next()', async () => {
+    const err = await tiny.stream('x', { topP: 2 }).next().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OptionError);
+    expect((err as Error).message).toContain('topP');
+  });
+
+  test('one bad prompt in a batch rejects the call, and the model still works', async () => {
+    await expect(tiny.generate(['ok', [V + 5]], greedy({ maxNewTokens: 2 }))).rejects.toBeInstanceOf(OptionError);
+    expect((await tiny.generate('ok', greedy({ maxNewTokens: 2 }))).sequences[0].tokens).toHaveLength(2);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+// BUG (lib/model.ts encodePrompt -> tokenizer.decode, and lib/generation.ts SequenceRun.onStep
+// -> decoder.push): a checkpoint whose vocab_size is padded past the tokenizer (50301 > 50257, as
+// nanoGPT-style exports pad to 50304) accepts ids in [50257, vocab_size) as valid tokens
+// (checkTokenIds), but decoding them throws a plain RangeError ("[tokenizer] token id 50300 is
+// not in the vocabulary"), not an LlmcoreError; a sampled padded id would do the same mid-run.
+test('BUG padded vocab: a prompt with ids past the tokenizer does not fail with a plain RangeError', async () => {
+  const padded = await model({ preset: 'tiny', config: { vocab_size: 50301, n_layer: 3, n_embd: 48, n_head: 3, n_positions: 40 } });
+  const outcome = await padded.generate([464, 50300], greedy({ maxNewTokens: 3 })).then(
+    () => 'resolved',
+    (e: unknown) => e,
+  );
+  if (outcome !== 'resolved') {
+    expect(outcome).toBeInstanceOf(LlmcoreError);
+  }
+});
+
+// The fixture checkpoint really is what these tests assume.
+test('fixture sanity', async () => {
+  expect(tiny.config).toMatchObject({ nPositions: 128, vocabSize: V, eosTokenId: 50256 });
+  expect(await checkpoint(TINY)).toBe(tiny.dir);
+});
