@@ -1,26 +1,35 @@
 // ThreadPool: N-1 workers plus the calling thread, dynamic scheduling through one atomic
 // counter, spin-then-sleep between loops.
 //
-// Protocol (one loop at a time, serialized by run_mutex):
-//   caller: writes the job (fn, ctx, n), resets next = 0 and pending = n_workers, then
-//           publishes it by incrementing `generation` (seq_cst). If any worker may be asleep
-//           (sleepers > 0, seq_cst load) it takes the sleep mutex and notifies. It then takes
-//           items itself and finally waits until pending == 0, i.e. every worker has checked
-//           out of this generation, so no worker can still touch the job when run() returns
-//           and the next job is written.
-//   worker: waits until generation != the last one it ran (spinning ~150 us, then sleeping on
-//           the condition variable), takes items until the counter passes n, then decrements
-//           pending (release). The caller's acquire on pending == 0 makes every fn(i) call
-//           happen-before run() returns.
+// Protocol (one loop at a time, serialized by run_mutex). Each worker has a slot whose state is
+// Idle (may join the current loop), Busy (inside it) or Locked (shut out of it).
+//   caller: with every slot Locked (so no worker is inside a loop), writes the job (fn, ctx, n)
+//           and next = 0, stores Idle into every slot (release), then bumps `generation`
+//           (seq_cst) and, if any worker may be asleep, notifies under the sleep mutex. It takes
+//           items itself until the counter passes n, then shuts every worker out: a CAS
+//           Idle -> Locked per slot, waiting while a slot is Busy. When all slots are Locked
+//           every item has been handed out and finished, and no worker can touch the job, so
+//           run() returns and the next job may be written.
+//   worker: waits until generation changes (spinning ~150 us, then sleeping on the condition
+//           variable), then tries CAS Idle -> Busy (acquire). If that fails the loop already
+//           finished without it. If it succeeds it is pinned to the current job (the caller
+//           cannot finish it while the slot is Busy), takes items, and stores Idle (release).
+// A worker that is descheduled or asleep when a loop starts therefore never delays it: the
+// caller (and the workers that are awake) do the items, and the late one is simply locked out.
+// Memory ordering: the job fields are written before the Idle store (release) that the
+// worker's successful CAS (acquire) reads; a worker's item effects are released by its Idle
+// store and acquired by the caller's CAS Idle -> Locked.
 // No lost wakeup: a worker increments `sleepers` and re-checks `generation` under the mutex
-// before waiting; the caller stores `generation` then loads `sleepers`. Both are seq_cst, so
-// (Dekker) either the caller sees the sleeper and notifies under the mutex, or the worker
-// sees the new generation and does not wait.
+// before waiting; the caller bumps `generation` then loads `sleepers`. Both are seq_cst, so
+// (Dekker) either the caller sees the sleeper and notifies under the mutex, or the worker sees
+// the new generation and does not wait.
 #include "core/thread_pool.h"
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -38,30 +47,49 @@ namespace {
 // Set while a thread is executing items of some pool's loop: a nested parallel_for from inside
 // fn runs inline instead of deadlocking.
 thread_local int t_in_loop = 0;
+struct LoopDepth {
+  LoopDepth() { ++t_in_loop; }
+  ~LoopDepth() { --t_in_loop; }
+};
 
-constexpr auto kSpin = std::chrono::microseconds(150);        // worker spin before sleeping
-constexpr auto kCallerSpin = std::chrono::microseconds(50);   // caller pure spin before yields
+constexpr auto kSpin = std::chrono::microseconds(150);       // worker spin before sleeping
+constexpr auto kCallerSpin = std::chrono::microseconds(50);  // caller pure spin before yields
 
+enum : int { kIdle = 0, kBusy = 1, kLocked = 2 };
+
+struct alignas(64) Slot {
+  std::atomic<int> state{kLocked};
+};
 struct alignas(64) PaddedAtomicI64 {
   std::atomic<int64_t> v{0};
-};
-struct alignas(64) PaddedAtomicI32 {
-  std::atomic<int32_t> v{0};
 };
 struct alignas(64) PaddedAtomicU64 {
   std::atomic<uint64_t> v{0};
 };
+
+// Spins with pause for a while, then yields, until done() holds.
+template <class Done>
+void wait_until(Done&& done) {
+  if (done()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int it = 0;; ++it) {
+    LLMCORE_PAUSE();
+    if (done()) return;
+    if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kCallerSpin) break;
+  }
+  while (!done()) std::this_thread::yield();
+}
 }  // namespace
 
 struct ThreadPool::State {
-  // The job (written by the caller before the generation bump, read by workers after it).
+  // The job: written by the caller while every slot is Locked, read by workers while Busy.
   void (*fn)(void*, int64_t, int) = nullptr;
   void* ctx = nullptr;
   int64_t n = 0;
 
   PaddedAtomicU64 generation;  // bumped once per loop
   PaddedAtomicI64 next;        // next item index to take
-  PaddedAtomicI32 pending;     // workers that have not checked out of the current loop
+  std::unique_ptr<Slot[]> slots;
   std::atomic<int32_t> sleepers{0};
   std::atomic<bool> stop{false};
 
@@ -74,22 +102,22 @@ struct ThreadPool::State {
     const int64_t count = n;
     auto f = fn;
     void* c = ctx;
-    ++t_in_loop;
+    LoopDepth depth;
     for (;;) {
       const int64_t i = next.v.fetch_add(1, std::memory_order_relaxed);
       if (i >= count) break;
       f(c, i, tid);
     }
-    --t_in_loop;
   }
 
   void worker_main(int tid) {
+    Slot& me = slots[size_t(tid - 1)];
     uint64_t seen = 0;
     for (;;) {
       // Spin for a while: back-to-back loops find us awake.
       uint64_t g = generation.v.load(std::memory_order_acquire);
       if (g == seen && !stop.load(std::memory_order_relaxed)) {
-        auto t0 = std::chrono::steady_clock::now();
+        const auto t0 = std::chrono::steady_clock::now();
         for (int it = 0;; ++it) {
           LLMCORE_PAUSE();
           g = generation.v.load(std::memory_order_acquire);
@@ -106,15 +134,21 @@ struct ThreadPool::State {
         }
         sleepers.fetch_sub(1, std::memory_order_relaxed);
       }
-      if (g == seen) return;  // stop requested and no new job
+      if (stop.load(std::memory_order_acquire)) return;
       seen = g;
-      work(tid);
-      pending.v.fetch_sub(1, std::memory_order_release);
+      int expected = kIdle;
+      if (me.state.compare_exchange_strong(expected, kBusy, std::memory_order_acquire,
+                                           std::memory_order_relaxed)) {
+        work(tid);  // the job current when we got in: the caller cannot move on while Busy
+        me.state.store(kIdle, std::memory_order_release);
+      }
+      // else: locked out, that loop finished without us.
     }
   }
 };
 
 ThreadPool::ThreadPool(int n_threads) : state_(new State), n_threads_(n_threads < 1 ? 1 : n_threads) {
+  state_->slots.reset(new Slot[size_t(n_threads_)]);
   state_->workers.reserve(size_t(n_threads_ - 1));
   for (int t = 1; t < n_threads_; ++t) {
     state_->workers.emplace_back([s = state_, t] { s->worker_main(t); });
@@ -136,36 +170,43 @@ void ThreadPool::run(int64_t n, void (*fn)(void* ctx, int64_t i, int tid), void*
   State& s = *state_;
   if (n_threads_ == 1 || n == 1 || t_in_loop > 0) {
     // Inline: one thread, a single item, or a nested call from inside a loop.
-    ++t_in_loop;
+    LoopDepth depth;
     for (int64_t i = 0; i < n; ++i) fn(ctx, i, 0);
-    --t_in_loop;
     return;
   }
   std::lock_guard<std::mutex> run_lock(s.run_mutex);
+  const int nw = n_threads_ - 1;
+  // Every slot is Locked here (initially, and after the previous loop): no worker reads these.
   s.fn = fn;
   s.ctx = ctx;
   s.n = n;
   s.next.v.store(0, std::memory_order_relaxed);
-  s.pending.v.store(n_threads_ - 1, std::memory_order_relaxed);
-  // Publishes the job fields above (workers acquire-load generation).
+  for (int w = 0; w < nw; ++w) s.slots[size_t(w)].state.store(kIdle, std::memory_order_release);
   s.generation.v.fetch_add(1, std::memory_order_seq_cst);
   if (s.sleepers.load(std::memory_order_seq_cst) > 0) {
     { std::lock_guard<std::mutex> lk(s.mu); }
     s.cv.notify_all();
   }
-  s.work(0);
-  if (s.pending.v.load(std::memory_order_acquire) != 0) {
-    auto t0 = std::chrono::steady_clock::now();
-    bool yielding = false;
-    for (int it = 0; s.pending.v.load(std::memory_order_acquire) != 0; ++it) {
-      if (yielding) {
-        std::this_thread::yield();
-      } else {
-        LLMCORE_PAUSE();
-        if ((it & 63) == 63 && std::chrono::steady_clock::now() - t0 > kCallerSpin) yielding = true;
-      }
-    }
+  // fn must not throw; if it does on this thread anyway, the workers are still shut out (they
+  // may be running items of this job) before the exception leaves, so the pool stays usable.
+  // An exception on a worker thread terminates the process.
+  std::exception_ptr err;
+  try {
+    s.work(0);
+  } catch (...) {
+    s.next.v.store(n, std::memory_order_relaxed);  // stop handing out items
+    err = std::current_exception();
   }
+  for (int w = 0; w < nw; ++w) {
+    std::atomic<int>& st = s.slots[size_t(w)].state;
+    wait_until([&] {
+      int expected = kIdle;
+      return st.compare_exchange_weak(expected, kLocked, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed) ||
+             expected == kLocked;
+    });
+  }
+  if (err) std::rethrow_exception(err);
 }
 
 }  // namespace llmcore

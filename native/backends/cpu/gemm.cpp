@@ -178,25 +178,27 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
   const DType sd = w.dtype;
   const bool kn = w.kn;
   const int64_t pbytes = pw->panel_bytes;
+  auto put = [&](uint8_t* panel, int j, int64_t k, size_t si) {
+    if (fmt == kern::kF32) {
+      reinterpret_cast<float*>(panel)[k * nr + j] = load_as_f32(src, sd, si);
+    } else if (fmt == kern::kBF16Pairs) {  // pair-row k/2, column j, half k%2
+      reinterpret_cast<uint16_t*>(panel)[(k / 2) * (2 * nr) + 2 * j + (k & 1)] =
+          to_half_bits(src, sd, si, compute);
+    } else {
+      reinterpret_cast<uint16_t*>(panel)[k * nr + packed_pos(fmt, nr, j)] =
+          to_half_bits(src, sd, si, compute);
+    }
+  };
   pool.parallel_for(pw->n_panels, [&](int64_t p, int) {
     uint8_t* panel = base + p * pbytes;
     const int64_t n0 = p * nr;
     const int nv = int(N - n0 < nr ? N - n0 : nr);
-    for (int j = 0; j < nv; ++j) {
-      const int64_t n = n0 + j;
-      for (int64_t k = 0; k < K; ++k) {
-        const size_t si = kn ? size_t(k) * size_t(N) + size_t(n) : size_t(n) * size_t(K) + size_t(k);
-        if (fmt == kern::kF32) {
-          reinterpret_cast<float*>(panel)[k * nr + j] = load_as_f32(src, sd, si);
-        } else if (fmt == kern::kBF16Pairs) {
-          // pair-row k/2, column j, half k%2
-          reinterpret_cast<uint16_t*>(panel)[(k / 2) * (2 * nr) + 2 * j + (k & 1)] =
-              to_half_bits(src, sd, si, compute);
-        } else {
-          reinterpret_cast<uint16_t*>(panel)[k * nr + packed_pos(fmt, nr, j)] =
-              to_half_bits(src, sd, si, compute);
-        }
-      }
+    if (kn) {  // (K, N): a panel's k-row is contiguous in the source
+      for (int64_t k = 0; k < K; ++k)
+        for (int j = 0; j < nv; ++j) put(panel, j, k, size_t(k) * size_t(N) + size_t(n0 + j));
+    } else {   // (N, K): a column is contiguous in the source
+      for (int j = 0; j < nv; ++j)
+        for (int64_t k = 0; k < K; ++k) put(panel, j, k, size_t(n0 + j) * size_t(K) + size_t(k));
     }
   });
   return pw;
