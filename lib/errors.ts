@@ -65,12 +65,13 @@ const byCode: Partial<Record<string, (message: string) => LlmcoreError>> = {
 
 /** Converts an error thrown by the addon into its llmcore class (other errors pass through). */
 export function wrapNativeError(err: unknown): unknown {
-  if (err instanceof LlmcoreError || !(err instanceof Error)) return err;
-  const code = (err as { code?: unknown }).code;
-  if (typeof code !== 'string') return err;
+  // Duck-typed, not instanceof Error: the addon's errors belong to the main realm, which is not
+  // the caller's under vm-based runners such as jest.
+  if (err instanceof LlmcoreError || typeof err !== 'object' || err === null) return err;
+  const { code, message } = err as { code?: unknown; message?: unknown };
+  if (typeof code !== 'string' || typeof message !== 'string') return err;
   const make = byCode[code];
-  const wrapped = make ? make(err.message) : new LlmcoreError(code as ErrorCode, err.message);
-  return wrapped;
+  return make ? make(message) : new LlmcoreError(code as ErrorCode, message);
 }
 
 /** Runs fn (sync or async), rethrowing native errors as llmcore classes. */

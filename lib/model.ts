@@ -1,6 +1,6 @@
 // The user-facing model: loadModel() and generate / stream / logits / dispose.
 import { readCheckpoint, type GenerationDefaults, type ModelConfig } from './config';
-import { BackendError, DisposedError, OptionError, callNative } from './errors';
+import { BackendError, DisposedError, ModelFormatError, OptionError, callNative } from './errors';
 import {
   checkTokenIds, prefill, runPrompt, type GenerationContext, type GenerationResult, type StreamChunk,
 } from './generation';
@@ -30,6 +30,10 @@ export interface ModelInfo extends NativeEngineInfo {
 
 const LOAD_KEYS = new Set(['device', 'threads', 'dtype']);
 
+// Node defines Symbol.asyncDispose; a vm realm (jest) may not, and then uses the registry key.
+const asyncDispose: typeof Symbol.asyncDispose =
+  Symbol.asyncDispose ?? (Symbol.for('nodejs.asyncDispose') as typeof Symbol.asyncDispose);
+
 function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
   if (o !== undefined && (typeof o !== 'object' || o === null)) throw new OptionError('[loadModel] options must be an object');
   for (const k of Object.keys(o ?? {}))
@@ -53,7 +57,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   const ckpt = await readCheckpoint(dir);
   const tokenizer = await Gpt2Tokenizer.fromDirectory(ckpt.dir);
   if (tokenizer.vocabSize > ckpt.config.vocabSize)
-    throw new OptionError(
+    throw new ModelFormatError(
       `[loadModel] ${ckpt.dir}: the tokenizer has ${tokenizer.vocabSize} tokens but config.json vocab_size is ${ckpt.config.vocabSize}`,
     );
   const c = ckpt.config;
@@ -190,7 +194,7 @@ export class Model {
     this.engine.dispose();
   }
 
-  async [Symbol.asyncDispose](): Promise<void> {
+  async [asyncDispose](): Promise<void> {
     this.dispose();
   }
 

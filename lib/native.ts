@@ -1,4 +1,5 @@
 // The native surface, declared once. Only the facade imports this file.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LlmcoreError } from './errors';
 
@@ -85,7 +86,9 @@ let addon: NativeAddon | undefined;
 /** Loads the compiled addon (a prebuild or build/Release) on first use. */
 export function native(): NativeAddon {
   if (addon) return addon;
-  const root = path.join(__dirname, '..', '..');
+  // The package root: lib/.. when run from source (ts-jest), dist/cjs/../.. when built.
+  const up1 = path.join(__dirname, '..');
+  const root = fs.existsSync(path.join(up1, 'package.json')) ? up1 : path.join(up1, '..');
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const load = require('node-gyp-build') as (dir: string) => unknown;

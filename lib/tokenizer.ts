@@ -265,7 +265,9 @@ export class Gpt2Tokenizer {
    * so decode(encode(x)) === x and decode agrees with the stream decoder.
    */
   decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
-    const list = Array.from(ids, (id) => this.checkId(id));
+    // Ids the vocabulary lacks (a model's padded rows past the tokenizer) decode to nothing, as
+    // in Hugging Face tokenizers; non-integers are a caller bug.
+    const list = Array.from(ids, (id) => this.checkId(id)).filter((id) => this.idToTokenTable[id] !== undefined);
     if (list.length === 0) return '';
     return this.hf.decode(list, {
       skip_special_tokens: opts.skipSpecialTokens ?? false,
@@ -289,6 +291,7 @@ export class Gpt2Tokenizer {
     return {
       push: (id: number): string => {
         this.checkId(id);
+        if (this.idToTokenTable[id] === undefined) return '';
         const added = this.addedById.get(id);
         if (added === undefined) return utf8.decode(this.tokenBytes(id), { stream: true });
         if (added.special && skipSpecial) return '';
@@ -300,8 +303,8 @@ export class Gpt2Tokenizer {
   }
 
   private checkId(id: number): number {
-    if (!Number.isInteger(id) || this.idToTokenTable[id] === undefined) {
-      throw new RangeError(`[tokenizer] token id ${id} is not in the vocabulary (size ${this.vocabSize})`);
+    if (!Number.isInteger(id) || id < 0) {
+      throw new RangeError(`[tokenizer] token id ${id} is not a non-negative integer`);
     }
     return id;
   }

@@ -487,10 +487,10 @@ describe('dispose', () => {
   // Node 20 defines Symbol.asyncDispose as Symbol.for('nodejs.asyncDispose') on the main realm's
   // Symbol only; jest runs tests in a vm context whose Symbol lacks it. There lib/model.ts's
   // `async [Symbol.asyncDispose]()` is evaluated as a method named "undefined", so `await using`
-  // cannot find it. BUG (minor; lib/model.ts): key the method by
-  // `Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')` so it works in every realm.
+  // cannot find it, so lib/model.ts keys the method by
+  // `Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')`, which works in every realm.
   // In a plain Node process it works as is: test/esm.test.ts checks that.
-  test('BUG Symbol.asyncDispose and `await using` (in a vm realm without Symbol.asyncDispose)', async () => {
+  test('Symbol.asyncDispose and `await using` (in a vm realm without Symbol.asyncDispose)', async () => {
     const sym = (Symbol as { asyncDispose?: symbol }).asyncDispose ?? Symbol.for('nodejs.asyncDispose');
     (Symbol as { asyncDispose?: symbol }).asyncDispose = sym; // what TS's `await using` helper looks up
     const m = await freshModel(TINY);
@@ -586,12 +586,9 @@ describe('option validation (OptionError, E_OPTION, the message names the option
 });
 
 // -------------------------------------------------------------------------------------------
-// BUG (lib/model.ts encodePrompt -> tokenizer.decode, and lib/generation.ts SequenceRun.onStep
-// -> decoder.push): a checkpoint whose vocab_size is padded past the tokenizer (50301 > 50257, as
-// nanoGPT-style exports pad to 50304) accepts ids in [50257, vocab_size) as valid tokens
-// (checkTokenIds), but decoding them throws a plain RangeError ("[tokenizer] token id 50300 is
-// not in the vocabulary"), not an LlmcoreError; a sampled padded id would do the same mid-run.
-test('BUG padded vocab: a prompt with ids past the tokenizer does not fail with a plain RangeError', async () => {
+// A checkpoint whose vocab_size is padded past the tokenizer (50301 > 50257; nanoGPT-style
+// exports pad to 50304) accepts ids in [50257, vocab_size): they decode to nothing, as in HF.
+test('padded vocab: a prompt with ids past the tokenizer does not fail with a plain RangeError', async () => {
   const padded = await model({ preset: 'tiny', config: { vocab_size: 50301, n_layer: 3, n_embd: 48, n_head: 3, n_positions: 40 } });
   const outcome = await padded.generate([464, 50300], greedy({ maxNewTokens: 3 })).then(
     () => 'resolved',

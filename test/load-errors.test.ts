@@ -473,16 +473,10 @@ describe('load options', () => {
     await expectLoadError("device 'cuda'", good, 'E_BACKEND', ['cuda'], { device: 'cuda' });
   });
 
-  // BUG (lib/errors.ts wrapNativeError: `if (err instanceof LlmcoreError || !(err instanceof
-  // Error)) return err;`): errors made by the addon belong to the realm the addon was first
-  // loaded in; in another realm (jest's vm sandbox, vm.runInContext) `instanceof Error` is false,
-  // so they are passed through unwrapped: no ModelFormatError/BackendError/DisposedError class,
-  // only the code. That also breaks loadModel's device 'auto' fallback, which tests
-  // `err instanceof BackendError` (lib/model.ts): under jest, loadModel(dir) with default options
-  // rejects with "[backend] device 'cuda': this build has no CUDA backend module" instead of
-  // falling back to the CPU. Fix: duck-type (`typeof err === 'object' && typeof err.code ===
-  // 'string'`) instead of instanceof Error.
-  test("BUG device 'auto' (the default) falls back to the CPU", async () => {
+  // The addon's errors belong to the realm it was loaded in; under jest's vm sandbox
+  // `instanceof Error` is false for them, so wrapNativeError must duck-type them, or the device
+  // 'auto' fallback (which tests `err instanceof BackendError`) would not fall back.
+  test("device 'auto' (the default) falls back to the CPU", async () => {
     const outcome = await loadModel(good).then(
       (m) => {
         const device = m.info.device;
@@ -507,9 +501,8 @@ describe('afterwards', () => {
     }
   });
 
-  // BUG: native errors are not wrapped into their classes under jest (see "BUG device 'auto'"
-  // above). Every case above checks code and message and records a wrong class here.
-  test('BUG every load error above is an instance of the llmcore class for its code', () => {
+  // Every case above records here an error whose class does not match its code.
+  test('every load error above is an instance of the llmcore class for its code', () => {
     expect(wrongClass).toEqual([]);
   });
 });

@@ -221,10 +221,8 @@ describe('vocab_size smaller than the tokenizer', () => {
     expect((err as Error).message).toContain('vocab_size is 1000');
   });
 
-  // BUG (lib/model.ts loadModel, "the tokenizer has N tokens but config.json vocab_size is M"):
-  // thrown as OptionError (E_OPTION), but nothing the caller passed is wrong: the checkpoint's
-  // tokenizer and config.json disagree, which errors.ts documents as ModelFormatError.
-  test('BUG tokenizer/vocab mismatch is a ModelFormatError (E_MODEL_FORMAT), not an OptionError', async () => {
+  // Nothing the caller passed is wrong: the checkpoint's tokenizer and config.json disagree.
+  test('tokenizer/vocab mismatch is a ModelFormatError (E_MODEL_FORMAT), not an OptionError', async () => {
     replaceFile(dir, 'config.json', JSON.stringify({ ...readJsonFile(dir, 'config.json'), bos_token_id: 999, eos_token_id: 999 }));
     const err = await loadModel(dir, { device: 'cpu' }).catch((e: unknown) => e);
     expect((err as LlmcoreError).code).toBe('E_MODEL_FORMAT');

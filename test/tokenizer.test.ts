@@ -84,9 +84,9 @@ describe('decode', () => {
     expect(fast.decode(fast.encode(text))).toBe(text);
   });
 
-  test('accepts typed arrays, rejects unknown ids', () => {
+  test('accepts typed arrays; ids past the vocabulary decode to nothing (as in HF); rejects non-ids', () => {
     expect(fast.decode(Int32Array.from([15496, 11, 995]))).toBe('Hello, world');
-    expect(() => fast.decode([50257])).toThrow(RangeError);
+    expect(fast.decode([464, 50257, 3797])).toBe(fast.decode([464, 3797]));
     expect(() => fast.decode([-1])).toThrow(RangeError);
     expect(() => fast.decode([1.5])).toThrow(RangeError);
   });
@@ -191,8 +191,9 @@ describe('stream decoder', () => {
     }
   });
 
-  test('rejects unknown ids', () => {
-    expect(() => fast.createStreamDecoder().push(60000)).toThrow(RangeError);
+  test('ids past the vocabulary stream as nothing; non-ids are rejected', () => {
+    expect(fast.createStreamDecoder().push(60000)).toBe('');
+    expect(() => fast.createStreamDecoder().push(-1)).toThrow(RangeError);
   });
 });
 

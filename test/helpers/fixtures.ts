@@ -17,37 +17,7 @@ import * as path from 'path';
 import { createRandomCheckpoint, type CreateRandomCheckpointOptions } from '../../lib/checkpoint';
 import { loadModel, type LoadOptions, type Model } from '../../lib';
 
-// -------------------------------------------------------------------------------------------
-// WORKAROUND for a lib/native.ts bug (reported; see test/backend-ops.test.ts, "BUG native
-// load"): native() computes the package root as path.join(__dirname, '..', '..'), which is right
-// for dist/cjs/native.js but is the repo's *parent* when lib/native.ts runs from source (ts-jest),
-// so node-gyp-build finds no build/Release there. When, and only when, the real node-gyp-build
-// fails for the directory lib/ hands it, retry from the repo root and record that it happened.
-// Once lib/native.ts is fixed the first call succeeds and this shim does nothing.
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
-type NativeLoadLog = { dir: string; ok: boolean }[];
-const g = globalThis as { __llmcoreNativeLoadLog?: NativeLoadLog };
-/** Every node-gyp-build call lib/native.ts made in this test file, and whether it succeeded. */
-export const nativeLoadLog: NativeLoadLog = (g.__llmcoreNativeLoadLog ??= []);
-jest.mock('node-gyp-build', () => {
-  const real = jest.requireActual('node-gyp-build') as (dir: string) => unknown;
-  const p = jest.requireActual('path') as typeof import('path');
-  const root = p.resolve(__dirname, '..', '..');
-  const log = ((globalThis as { __llmcoreNativeLoadLog?: { dir: string; ok: boolean }[] }).__llmcoreNativeLoadLog ??= []);
-  const load = (dir: string): unknown => {
-    try {
-      const addon = real(dir);
-      log.push({ dir, ok: true });
-      return addon;
-    } catch (err) {
-      log.push({ dir, ok: false });
-      if (p.resolve(dir) === root) throw err;
-      return real(root);
-    }
-  };
-  return Object.assign(load, real);
-});
-// -------------------------------------------------------------------------------------------
 
 export type CheckpointOptions = Omit<CreateRandomCheckpointOptions, 'out'>;
 
