@@ -78,10 +78,11 @@ export function resolveOptions(
   const P = config.nPositions;
   // Length: the caller's maxNewTokens, else the caller's maxLength, else the checkpoint's
   // max_new_tokens, else its max_length, else HF's default max_length of 20.
+  const callerMaxLength = o.maxLength === undefined ? undefined : int('maxLength', o.maxLength, 1, P);
   let maxNewTokens: number | undefined;
   let maxLength: number | undefined;
   if (o.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', o.maxNewTokens, 0, P);
-  else if (o.maxLength !== undefined) maxLength = int('maxLength', o.maxLength, 1, P);
+  else if (callerMaxLength !== undefined) maxLength = callerMaxLength;
   else if (defaults.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', defaults.maxNewTokens, 0, P);
   else maxLength = Math.min(int('maxLength', defaults.maxLength ?? 20, 1, Number.MAX_SAFE_INTEGER), P);
   const doSample = pick('doSample') ?? false;
