@@ -10,5 +10,5 @@ cmake -S . -B build-cmake -DCMAKE_BUILD_TYPE=Release -DLLMCORE_ADDON=OFF -DLLMCO
 cmake --build build-cmake -j "$(nproc)" >/dev/null
 ./build-cmake/backend_ops_test | tail -n 3
 ./build-cmake/safetensors_test | tail -n 2
-if [ -x ./build-cmake/gemm_test ]; then ./build-cmake/gemm_test --check-only | tail -n 3; fi
+if [ -x ./build-cmake/gemm_test ]; then ./build-cmake/gemm_test --test --quick | tail -n 3; fi
 echo "native tests passed (cuda module compiled: $cuda)"
