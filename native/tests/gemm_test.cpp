@@ -500,6 +500,29 @@ std::string loadavg() {
   return s.empty() ? "?" : s;
 }
 
+// Fraction of the machine's CPU time that was busy over `seconds` (from /proc/stat): anything
+// well above 0 before the benchmark means other processes compete for the cores.
+double cpu_busy_fraction(double seconds) {
+  auto read = [](unsigned long long& busy, unsigned long long& total) {
+    busy = total = 0;
+    FILE* f = std::fopen("/proc/stat", "r");
+    if (!f) return false;
+    unsigned long long v[10] = {0};
+    const int got = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+                                &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9]);
+    std::fclose(f);
+    if (got < 8) return false;
+    for (int i = 0; i < 8; ++i) total += v[i];
+    busy = total - v[3] - v[4];  // minus idle and iowait
+    return true;
+  };
+  unsigned long long b0, t0, b1, t1;
+  if (!read(b0, t0)) return -1;
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  if (!read(b1, t1) || t1 == t0) return -1;
+  return double(b1 - b0) / double(t1 - t0);
+}
+
 struct BenchRow {
   const BenchShape* shape;
   DType dtype;
@@ -512,7 +535,8 @@ void bench(ThreadPool& pool) {
   const Isa isa = best_isa();
   std::printf("\nbenchmark: isa %s (cpu: %s), %d threads, median of 5 samples (>= 50 ms each)\n",
               isa_name(isa), cpu_features_string().c_str(), pool.size());
-  std::printf("load average before: %s\n", loadavg().c_str());
+  std::printf("before: load average %s; cpu busy (other processes) %.0f%% over 1 s\n",
+              loadavg().c_str(), 100 * cpu_busy_fraction(1.0));
   const double peak0 = measure_peak_fma_gflops(pool);
   const double bw0 = measure_read_bandwidth_gbs(pool);
   static const BenchShape shapes[] = {
@@ -576,7 +600,8 @@ void bench(ThreadPool& pool) {
   const double bw1 = measure_read_bandwidth_gbs(pool);
   // The denominators are maxima: the better of the measurements before and after the runs.
   const double peak = std::max(peak0, peak1), bw = std::max(bw0, bw1);
-  std::printf("load average after:  %s\n", loadavg().c_str());
+  std::printf("after:  load average %s; cpu busy (other processes) %.0f%% over 1 s\n",
+              loadavg().c_str(), 100 * cpu_busy_fraction(1.0));
   std::printf("roofline: peak FMA %.1f GFLOP/s (before %.1f, after %.1f); streaming read %.2f GB/s "
               "(before %.2f, after %.2f; 1 GiB, best of 1/2/4/8 streams per thread)\n",
               peak, peak0, peak1, bw, bw0, bw1);

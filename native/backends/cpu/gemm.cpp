@@ -7,6 +7,7 @@
 // output element one sequential FMA chain (bitwise batch invariance, see gemm.h).
 #include "backends/cpu/gemm.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -232,14 +233,17 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     const int64_t kp = (K + 1) / 2;
     uint32_t* xp = static_cast<uint32_t*>(t_xpairs.get(size_t(M) * size_t(kp) * 4));
     if (!xp) throw Error(E_OOM, "[cpu] gemm: cannot allocate the bf16 activation buffer");
-    for (int64_t m = 0; m < M; ++m) {
-      const float* xr = x + m * ldx;
-      for (int64_t t = 0; t < kp; ++t) {
-        const uint32_t lo = f32_to_bf16(xr[2 * t]);
-        const uint32_t hi = 2 * t + 1 < K ? f32_to_bf16(xr[2 * t + 1]) : 0u;
-        xp[m * kp + t] = lo | (hi << 16);
+    pool.parallel_for((M + 7) / 8, [&](int64_t i, int) {
+      const int64_t m1 = std::min<int64_t>(M, (i + 1) * 8);
+      for (int64_t m = i * 8; m < m1; ++m) {
+        const float* xr = x + m * ldx;
+        for (int64_t t = 0; t < kp; ++t) {
+          const uint32_t lo = f32_to_bf16(xr[2 * t]);
+          const uint32_t hi = 2 * t + 1 < K ? f32_to_bf16(xr[2 * t + 1]) : 0u;
+          xp[m * kp + t] = lo | (hi << 16);
+        }
       }
-    }
+    });
     c.xpairs = xp;
     c.ldxp = kp;
   }
