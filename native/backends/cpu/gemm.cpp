@@ -259,15 +259,24 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task, many
   // small tasks so the dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32
   // columns for AVX2) per task, fewer until there are >= 8 tasks per thread (>= 2 panels).
+  // The last 2 G x threads panels of a skinny batch go one panel per task, so the threads end
+  // within about one panel of each other (a short GEMV is only ~100 us).
   const int64_t g = M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
-  int64_t ppt;
+  // Panel blocks [0, head_tasks) are ppt panels wide (the last one possibly narrower) and cover
+  // panels [0, head_panels); each remaining panel is a task of its own.
+  int64_t ppt, head_panels, head_tasks;
   if (M <= 3) {
     ppt = g;
+    const int64_t tail = std::min<int64_t>(np, 2 * g * threads);
+    head_panels = (np - tail) / ppt * ppt;
+    head_tasks = head_panels / ppt;
   } else {
     ppt = nr == kern::kNrAvx512 ? 4 : 8;
     while (ppt > 2 && nrb * ((np + ppt - 1) / ppt) < 8 * threads) ppt /= 2;
+    head_panels = np;
+    head_tasks = (np + ppt - 1) / ppt;
   }
-  const int64_t npb = (np + ppt - 1) / ppt;
+  const int64_t npb = head_tasks + (np - head_panels);
   // K blocks: only for long K (the 3072-wide MLP projection), where a whole panel (K x 64 B)
   // and the tile's rows of x stop fitting in L2 next to each other; measured on Zen 3, blocks
   // of ~768 beat both no blocking and shorter blocks.
@@ -283,17 +292,17 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   struct Ctx {
     const kern::GemmCall* c;
     Isa isa;
-    int64_t nrb, rb_base, rb_extra, ppt, np;
+    int64_t nrb, rb_base, rb_extra, ppt, head_tasks, head_panels;
     size_t scratch_bytes;
-  } ctx{&c, W.isa, nrb, rb_base, rb_extra, ppt, np, scratch_bytes};
+  } ctx{&c, W.isa, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, scratch_bytes};
   std::atomic<bool> oom{false};
 
   auto task = [](const Ctx& t, int64_t i) {
     const int64_t rb = i % t.nrb, pb = i / t.nrb;
     const int64_t m0 = rb * t.rb_base + (rb < t.rb_extra ? rb : t.rb_extra);
     const int64_t m1 = m0 + t.rb_base + (rb < t.rb_extra ? 1 : 0);
-    const int64_t p0 = pb * t.ppt;
-    const int64_t p1 = p0 + t.ppt < t.np ? p0 + t.ppt : t.np;
+    const int64_t p0 = pb < t.head_tasks ? pb * t.ppt : t.head_panels + (pb - t.head_tasks);
+    const int64_t p1 = pb < t.head_tasks ? std::min(p0 + t.ppt, t.head_panels) : p0 + 1;
     float* scratch = nullptr;
     if (t.scratch_bytes) {
       scratch = static_cast<float*>(t_scratch.get(t.scratch_bytes));
