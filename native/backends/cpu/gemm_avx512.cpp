@@ -300,14 +300,24 @@ double read_streams(const float* f, size_t bytes) {
 }
 }  // namespace
 
-double avx512_read_sum(const void* p, size_t bytes, int streams) {
+double avx512_read_sum(const void* p, size_t bytes, int streams, size_t chunk) {
+  auto run = [](const float* f, size_t b, int s) {
+    switch (s) {
+      case 1: return read_streams<1>(f, b);
+      case 2: return read_streams<2>(f, b);
+      case 4: return read_streams<4>(f, b);
+      default: return read_streams<8>(f, b);
+    }
+  };
   const float* f = static_cast<const float*>(p);
-  switch (streams) {
-    case 1: return read_streams<1>(f, bytes);
-    case 2: return read_streams<2>(f, bytes);
-    case 4: return read_streams<4>(f, bytes);
-    default: return read_streams<8>(f, bytes);
-  }
+  if (chunk == 0) return run(f, bytes, streams);
+  // Blocks of `streams` neighbouring chunks read side by side, then the rest as one stream.
+  const size_t block = size_t(streams) * chunk;
+  double sum = 0;
+  size_t off = 0;
+  for (; off + block <= bytes; off += block) sum += run(f + off / 4, block, streams);
+  if (off < bytes) sum += run(f + off / 4, bytes - off, 1);
+  return sum;
 }
 
 }  // namespace llmcore::cpu::kern

@@ -58,11 +58,13 @@ void avx512_gelu(const float* in, float* out, int64_t n);
 // Roofline microkernels. *_fma_loop runs `iters` iterations of independent register FMA chains
 // and returns the number of floating-point operations done (2 per lane per FMA); the result
 // value is stored to *sink so nothing is optimized away. *_read_sum reads `bytes` bytes (64-byte
-// aligned, a multiple of streams * 128) as `streams` (1, 2, 4 or 8) concurrent sequential
-// streams over equal contiguous parts, and returns their float sum.
+// aligned, a multiple of 4096) as `streams` (1, 2, 4 or 8) concurrent sequential streams and
+// returns their float sum: with chunk == 0 the streams run over equal contiguous parts of the
+// buffer; otherwise over `chunk` bytes each (a multiple of 4096) of consecutive blocks of
+// streams * chunk bytes (the GEMV's pattern: a few neighbouring panels at a time).
 double avx2_fma_loop(int64_t iters, float* sink);
 double avx512_fma_loop(int64_t iters, float* sink);
-double avx2_read_sum(const void* p, size_t bytes, int streams);
-double avx512_read_sum(const void* p, size_t bytes, int streams);
+double avx2_read_sum(const void* p, size_t bytes, int streams, size_t chunk);
+double avx512_read_sum(const void* p, size_t bytes, int streams, size_t chunk);
 
 }  // namespace llmcore::cpu::kern

@@ -41,8 +41,7 @@ double sse2_fma_loop(int64_t iters, float* sink) {
   return double(iters) * 8 * 4 * 2;
 }
 
-double sse2_read_sum(const void* p, size_t bytes, int streams) {
-  const float* f = static_cast<const float*>(p);
+double sse2_read_streams(const float* f, size_t bytes, int streams) {
   const size_t part = bytes / size_t(streams) / 4;
   __m128 s[8];
   for (int j = 0; j < 8; ++j) s[j] = _mm_setzero_ps();
@@ -55,6 +54,17 @@ double sse2_read_sum(const void* p, size_t bytes, int streams) {
   float r[4];
   _mm_storeu_ps(r, t);
   return double(r[0]) + r[1] + r[2] + r[3];
+}
+
+double sse2_read_sum(const void* p, size_t bytes, int streams, size_t chunk) {
+  const float* f = static_cast<const float*>(p);
+  if (chunk == 0) return sse2_read_streams(f, bytes, streams);
+  const size_t block = size_t(streams) * chunk;
+  double sum = 0;
+  size_t off = 0;
+  for (; off + block <= bytes; off += block) sum += sse2_read_streams(f + off / 4, block, streams);
+  if (off < bytes) sum += sse2_read_streams(f + off / 4, bytes - off, 1);
+  return sum;
 }
 
 // Runs body(tid) once on every pool thread, all at the same time: each item waits at a start
@@ -95,11 +105,11 @@ double fma_loop(Isa isa, int64_t iters, float* sink) {
   }
 }
 
-double read_sum(Isa isa, const void* p, size_t bytes, int streams) {
+double read_sum(Isa isa, const void* p, size_t bytes, int streams, size_t chunk) {
   switch (isa) {
-    case Isa::Avx512: return kern::avx512_read_sum(p, bytes, streams);
-    case Isa::Avx2: return kern::avx2_read_sum(p, bytes, streams);
-    default: return sse2_read_sum(p, bytes, streams);
+    case Isa::Avx512: return kern::avx512_read_sum(p, bytes, streams, chunk);
+    case Isa::Avx2: return kern::avx2_read_sum(p, bytes, streams, chunk);
+    default: return sse2_read_sum(p, bytes, streams, chunk);
   }
 }
 
@@ -156,18 +166,25 @@ double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes) {
     const size_t len = i == n - 1 ? bytes - size_t(i) * share : share;
     for (size_t j = 0; j < len / 4; ++j) f[j] = 1.0f + float(j & 7);
   });
-  // One sequential stream per thread is not always enough to saturate the memory system (the
-  // GEMV kernels read 4 panels at once), so try 1, 2, 4 and 8 concurrent streams per thread
-  // and keep the best trial of any: the honest maximum.
+  // One sequential stream per thread is not always enough to saturate the memory system, and
+  // streams far apart are not the same as neighbouring ones (the GEMV reads 4 neighbouring
+  // panels at once), so try several patterns and keep the best trial of any: the honest
+  // maximum. chunk 0: the streams split the thread's share into equal far-apart parts.
+  struct Pattern {
+    int streams;
+    size_t chunk;
+  };
+  const Pattern patterns[] = {{1, 0},          {2, 0},          {4, 0},          {8, 0},
+                              {4, 16 << 10},   {4, 48 << 10},   {8, 24 << 10},   {2, 96 << 10}};
   double best = 0.0;
-  for (int streams : {1, 2, 4, 8}) {
-    for (int trial = 0; trial < 4; ++trial) {
+  for (const Pattern& pat : patterns) {
+    for (int trial = 0; trial < 3; ++trial) {
       const double s = run_concurrently(pool, [&](int tid) {
         // Threads and shares are paired by thread id; any pairing reads every share once.
         const size_t i = size_t(tid);
         const char* p = static_cast<const char*>(buf) + i * share;
         const size_t len = i == size_t(n) - 1 ? bytes - i * share : share;
-        sums[i] += read_sum(isa, p, len, streams);
+        sums[i] += read_sum(isa, p, len, pat.streams, pat.chunk);
       });
       if (trial == 0 || s <= 0) continue;  // the first trial re-warms TLBs after a switch
       best = std::max(best, double(bytes) / s * 1e-9);
