@@ -132,6 +132,9 @@ template <int R, int G, int FMT>
 void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p, int64_t k0,
           int64_t kl, int mode, float* sc, int64_t sc_pstride) {
   constexpr int RB = row_bytes<FMT>();
+  // The loops over r and j below must unroll completely (see the pragmas) for acc[][] to live
+  // in registers.
+  static_assert(R <= 8 && 2 * G <= 8, "tile larger than the unroll pragmas");
   // Skinny tiles (R <= 3) stream W from memory once: G concurrent panel streams, left to the
   // hardware prefetcher (software prefetch 256 B - 1 KiB ahead measured no better on Zen 3).
   // Taller tiles reuse each panel over several tiles and prefetch the next panel into L2.

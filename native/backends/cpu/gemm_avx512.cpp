@@ -122,6 +122,9 @@ template <int R, int G, int FMT>
 void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p, int64_t k0,
           int64_t kl, int mode, float* sc, int64_t sc_pstride) {
   constexpr int RB = row_bytes<FMT>();
+  // The loops over r and j below must unroll completely (see the pragmas) for acc[][] to live
+  // in registers.
+  static_assert(R <= 16 && 2 * G <= 8, "tile larger than the unroll pragmas");
   constexpr int KPR = k_per_row<FMT>();
   // As in gemm_avx2.cpp: skinny tiles leave W streaming to the hardware prefetcher, taller ones
   // prefetch the next panel into L2 while this one is in use.
