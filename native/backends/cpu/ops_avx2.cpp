@@ -63,41 +63,84 @@ void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const 
   }
 }
 
+// dot_f32 for four keys at once: per key the very same operations in the same order (so each
+// score is bitwise what dot_f32 gives), interleaved so the four FMA chains hide each other's
+// latency.
+static inline void dot4_f32(const float* q, const float* k0, const float* k1, const float* k2,
+                            const float* k3, int64_t n, float* out) {
+  const float* k[4] = {k0, k1, k2, k3};
+  __m256 s0[4], s1[4];
+  for (int j = 0; j < 4; j++) s0[j] = s1[j] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + 8);
+    for (int j = 0; j < 4; j++) {
+      s0[j] = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k[j] + i), s0[j]);
+      s1[j] = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k[j] + i + 8), s1[j]);
+    }
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 qa = _mm256_loadu_ps(q + i);
+    for (int j = 0; j < 4; j++) s0[j] = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k[j] + i), s0[j]);
+  }
+  for (int j = 0; j < 4; j++) {
+    float s = hsum256_ps(_mm256_add_ps(s0[j], s1[j]));
+    for (int64_t t = i; t < n; t++) s += q[t] * k[j][t];
+    out[j] = s;
+  }
+}
+
 void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
                          int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
                          int64_t k_off, int64_t v_off, float* scratch, float* out) {
   const float scale = 1.0f / std::sqrt(float(HS));
   constexpr int kMaxHS = 256;  // the backend checks HS <= 256 before calling
   float acc[kMaxHS];
+  auto key = [&](int64_t t) { return block_ptr[blocks[t >> 4]] + k_off + (t & 15) * C + h * HS; };
+  auto value = [&](int64_t t) { return block_ptr[blocks[t >> 4]] + v_off + (t & 15) * C + h * HS; };
   for (int r = 0; r < n_rows; r++) {
     const float* q = qkv + (row0 + r) * 3 * C + h * HS;
     const int64_t n_keys = pos0 + r + 1;
     // 1) scores and their max
+    int64_t t = 0;
+    for (; t + 4 <= n_keys; t += 4) dot4_f32(q, key(t), key(t + 1), key(t + 2), key(t + 3), HS, scratch + t);
+    for (; t < n_keys; t++) scratch[t] = dot_f32(q, key(t), HS);
     float max_score = -INFINITY;
-    for (int64_t t = 0; t < n_keys; t++) {
-      const float* k = block_ptr[blocks[t >> 4]] + k_off + (t & 15) * C + h * HS;
-      const float s = dot_f32(q, k, HS) * scale;
-      scratch[t] = s;
-      max_score = s > max_score ? s : max_score;
+    for (t = 0; t < n_keys; t++) {
+      scratch[t] *= scale;
+      max_score = scratch[t] > max_score ? scratch[t] : max_score;
     }
     // 2) softmax numerators, in place
     const __m256 vmax = _mm256_set1_ps(max_score);
-    int64_t t = 0;
+    t = 0;
     for (; t + 8 <= n_keys; t += 8)
       _mm256_storeu_ps(scratch + t, exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(scratch + t), vmax)));
     for (; t < n_keys; t++) scratch[t] = std::exp(scratch[t] - max_score);
     const float inv_sum = 1.0f / sum_f32(scratch, n_keys);
-    // 3) weighted sum of values
+    // 3) weighted sum of values, in key order. GPT-2's head size 64 keeps the sums in registers;
+    // both branches do the same FMAs in the same order.
+    float* dst = out + (row0 + r) * C + h * HS;
+    if (HS == 64) {
+      __m256 a[8];
+      for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+      for (t = 0; t < n_keys; t++) {
+        const float* v = value(t);
+        const __m256 p = _mm256_set1_ps(scratch[t]);
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(v + 8 * j), a[j]);
+      }
+      const __m256 inv = _mm256_set1_ps(inv_sum);
+      for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + 8 * j, _mm256_mul_ps(a[j], inv));
+      continue;
+    }
     for (int64_t d = 0; d < HS; d++) acc[d] = 0.f;
     for (t = 0; t < n_keys; t++) {
-      const float* v = block_ptr[blocks[t >> 4]] + v_off + (t & 15) * C + h * HS;
+      const float* v = value(t);
       const __m256 p = _mm256_set1_ps(scratch[t]);
       int64_t d = 0;
       for (; d + 8 <= HS; d += 8)
         _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(v + d), _mm256_loadu_ps(acc + d)));
       for (; d < HS; d++) acc[d] += scratch[t] * v[d];
     }
-    float* dst = out + (row0 + r) * C + h * HS;
     for (int64_t d = 0; d < HS; d++) dst[d] = acc[d] * inv_sum;
   }
 }
