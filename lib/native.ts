@@ -1,17 +1,14 @@
 // The native surface, declared once. Only the facade imports this file.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { ModelConfig } from './config';
 import { LlmcoreError } from './errors';
 
-export interface NativeConfig {
-  vocabSize: number;
-  nPositions: number;
-  nEmbd: number;
-  nLayer: number;
-  nHead: number;
-  layerNormEpsilon: number;
-  tieWordEmbeddings: boolean;
-}
+/** The part of config.json the engine needs (validated by lib/config.ts). */
+export type NativeConfig = Pick<
+  ModelConfig,
+  'vocabSize' | 'nPositions' | 'nEmbd' | 'nLayer' | 'nHead' | 'layerNormEpsilon' | 'tieWordEmbeddings'
+>;
 
 export interface NativeLoadOptions {
   files: string[];
