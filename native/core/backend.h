@@ -43,8 +43,11 @@ enum class Epilogue : uint8_t {
   AddTo = 2,  // y += x W^T + b (residual)
 };
 
-// Paged KV cache storage. Block b holds, for every layer l, K then V for kBlockTokens positions:
-// block_ptr[b] + l * 2 * kBlockTokens * C + {0 for K, kBlockTokens * C for V} + t * C.
+// Paged KV cache storage. Block b holds, for every layer l, K then V for kBlockTokens positions,
+// each head by head (a head's 16 positions contiguous, so attention reads 4 KB runs instead of
+// 256 B pieces at a C-float stride, which on the CPU fell into a few L1 sets):
+// block_ptr[b] + l * 2 * kBlockTokens * C + {0 for K, kBlockTokens * C for V}
+//              + h * kBlockTokens * HS + t * HS           (t = position % kBlockTokens)
 inline constexpr int kBlockTokens = 16;
 struct KvView {
   float* const* block_ptr;  // backend memory; indexed by block id

@@ -155,6 +155,10 @@ void test_attention(Backend& be, const std::string& name, bool quick, std::vecto
       {3, 12, {{15, 1}, {16, 1}, {17, 3}}},
       {4, 64, {{0, 37}, {40, 1}, {3, 16}}},
       {2, 33, {{31, 2}}},
+      // head sizes that are multiples of 8 but not of 64 (pair and single tiles of 32/16/8)
+      {2, 16, {{5, 3}}},          {3, 24, {{0, 19}}},
+      {2, 32, {{9, 6}, {0, 1}}},  {1, 128, {{7, 9}, {0, 2}}},
+      {2, 104, {{13, 4}}},
   };
   if (!quick) cases.push_back({2, 64, {{0, 1024}}}), cases.push_back({2, 64, {{1023, 1}, {0, 1}}});
   const int L = 2, layer = 1;
@@ -210,8 +214,23 @@ void test_attention(Backend& be, const std::string& name, bool quick, std::vecto
     OpCase att{name, "attention", shape};
     att.tol = 1e-5;
     ok = true;
-    compare(att, dout.fetch(&ok), want, ok);
+    const std::vector<float> batched = dout.fetch(&ok);
+    compare(att, batched, want, ok);
     out.push_back(att);
+
+    // Batch invariance: every row again, alone (one new token over the same cache, as decode
+    // would), must give the very same bits as in the batch.
+    Guarded dalone(be, std::vector<float>(size_t(M * C), 0.f));
+    for (const AttnSeq& s : seqs)
+      for (int i = 0; i < s.n_new; i++) {
+        const AttnSeq one{s.row + i, 1, s.past + i, s.blocks};
+        be.attention(dqkv.get(), &one, 1, kv, layer, dalone.get());
+      }
+    OpCase inv{name, "attention-alone==batched", shape};
+    inv.tol = 0;
+    ok = true;
+    compare(inv, dalone.fetch(&ok), batched, ok);
+    out.push_back(inv);
   }
 }
 

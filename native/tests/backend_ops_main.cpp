@@ -1,10 +1,16 @@
 // Standalone test-backend-ops: `backend_ops_test [--quick]`; exit status 1 when any case fails.
+// `backend_ops_test --perf`: speed of the non-GEMM ops instead (native/tests/ops_perf.cpp).
 #include <cstdio>
 #include <cstring>
 
 #include "tests/backend_ops.h"
 
+namespace llmcore {
+int run_ops_perf(const char* only);
+}
+
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--perf") == 0) return llmcore::run_ops_perf(argc > 2 ? argv[2] : nullptr);
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   int failed = 0, passed = 0;
   for (const auto& c : llmcore::run_backend_ops(quick)) {

@@ -4,6 +4,7 @@
 //   gemm_test            correctness tests, then the benchmark
 //   gemm_test --test     tests only          gemm_test --bench    benchmark only
 //   gemm_test --quick    fewer shapes (CI smoke)
+//   gemm_test --bench --only=lm_head    benchmark the shapes whose name contains "lm_head"
 //
 // Correctness: every output is compared against a plain double-precision reference computed
 // here (y = sum_k x*w in double, on the weights as rounded to the compute dtype), with an error
@@ -568,7 +569,7 @@ double others_fraction(const CpuSnapshot& a, const CpuSnapshot& b, double wall) 
   return others / (wall * ncpu);
 }
 
-void bench(ThreadPool& pool) {
+void bench(ThreadPool& pool, const std::string& only) {
   const Isa isa = best_isa();
   std::printf("\nbenchmark: isa %s (cpu: %s), %d threads, median of 5 samples of >= 100 ms (a sample "
               "is retaken while other processes use > 6%% of the CPUs)\n",
@@ -591,6 +592,7 @@ void bench(ThreadPool& pool) {
   std::normal_distribution<float> nd(0.0f, 0.5f);
   for (DType cd : {DType::F32, DType::BF16}) {
     for (const BenchShape& bs : shapes) {
+      if (!only.empty() && std::string(bs.name).find(only) == std::string::npos) continue;
       const int64_t M = bs.M, K = bs.K, N = bs.N;
       std::vector<float> w(size_t(N * K));
       for (auto& v : w) v = nd(rng);
@@ -699,14 +701,16 @@ void bench(ThreadPool& pool) {
 int main(int argc, char** argv) {
   bool do_test = true, do_bench = true, quick = false;
   int threads = 2;
+  std::string only;  // bench only the shapes whose name contains this
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--test") do_bench = false;
     else if (a == "--bench") do_test = false;
     else if (a == "--quick") quick = true;
     else if (a.rfind("--threads=", 0) == 0) threads = std::atoi(a.c_str() + 10);
+    else if (a.rfind("--only=", 0) == 0) only = a.substr(7);
     else {
-      std::fprintf(stderr, "usage: gemm_test [--test|--bench] [--quick] [--threads=N]\n");
+      std::fprintf(stderr, "usage: gemm_test [--test|--bench] [--quick] [--threads=N] [--only=SHAPE]\n");
       return 2;
     }
   }
@@ -723,7 +727,7 @@ int main(int argc, char** argv) {
       std::printf("%s: %" PRId64 " checks, %d failures\n", g_failures ? "FAILED" : "OK", g_checks,
                   g_failures);
     }
-    if (do_bench) bench(pool);
+    if (do_bench) bench(pool, only);
   } catch (const Error& e) {
     std::fprintf(stderr, "error %s: %s\n", e.code(), e.what());
     return 1;

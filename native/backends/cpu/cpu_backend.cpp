@@ -69,15 +69,17 @@ void CpuBackend::matmul(const float* x, int64_t ldx, int M, const Weight& W, con
 
 void CpuBackend::kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
                           int layer) {
-  const int64_t C = kv.C;
+  const int64_t C = kv.C, HS = C / kv.NH;
   for (int s = 0; s < n_seqs; s++) {
     for (int i = 0; i < seqs[s].n_new; i++) {
       const int64_t t = seqs[s].past + i;
       float* block = kv.block_ptr[seqs[s].blocks[t / kBlockTokens]];
-      float* k = block + int64_t(layer) * 2 * kBlockTokens * C + (t % kBlockTokens) * C;
+      float* k = block + int64_t(layer) * 2 * kBlockTokens * C + (t % kBlockTokens) * HS;
       const float* row = qkv + int64_t(seqs[s].row + i) * 3 * C;
-      std::memcpy(k, row + C, C * sizeof(float));
-      std::memcpy(k + kBlockTokens * C, row + 2 * C, C * sizeof(float));
+      for (int h = 0; h < kv.NH; h++) {  // layout in backend.h: head by head
+        std::memcpy(k + h * kBlockTokens * HS, row + C + h * HS, HS * sizeof(float));
+        std::memcpy(k + kBlockTokens * C + h * kBlockTokens * HS, row + 2 * C + h * HS, HS * sizeof(float));
+      }
     }
   }
 }
@@ -86,27 +88,26 @@ void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, co
                            int layer, float* out) {
   const int64_t C = kv.C, HS = C / kv.NH;
   if (HS > 256) throw Error(E_OPTION, "[attention] head size " + std::to_string(HS) + " > 256");
-  // Tasks: (sequence, head, chunk of up to kRows new tokens).
+  // Tasks: (sequence, head, chunk of up to kRows new tokens), head by head, and in each head the
+  // costlier (later) chunks first. Consecutive tasks then share a head, whose K and V (256 KB
+  // at 512 tokens) stay in the L2 of the threads working on it; task order by cost alone would
+  // hop between heads and read K/V from L3 every time (measured 2x slower).
   constexpr int kRows = 16;
-  struct Task { int32_t seq, head, r0, rows; };
-  std::vector<Task> tasks;
+  tasks_.clear();
   int64_t max_keys = 0;
   for (int s = 0; s < n_seqs; s++) {
     max_keys = std::max<int64_t>(max_keys, seqs[s].past + seqs[s].n_new);
     for (int h = 0; h < kv.NH; h++)
-      for (int r0 = 0; r0 < seqs[s].n_new; r0 += kRows)
-        tasks.push_back({s, h, r0, std::min(kRows, seqs[s].n_new - r0)});
+      for (int r0 = (seqs[s].n_new - 1) / kRows * kRows; r0 >= 0; r0 -= kRows)
+        tasks_.push_back({s, h, r0, std::min(kRows, seqs[s].n_new - r0)});
   }
-  // Long causal chunks cost more: start them first so the tail of the loop is short.
-  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) {
-    return seqs[a.seq].past + a.r0 > seqs[b.seq].past + b.r0;
-  });
-  const size_t scratch_per_thread = size_t(max_keys + 16);
+  const auto& tasks = tasks_;
+  const size_t scratch_per_thread = 8 * size_t(max_keys + 8);  // see ops_kernels.h
   if (attn_scratch_.size() < scratch_per_thread * pool_.size())
     attn_scratch_.resize(scratch_per_thread * pool_.size());
   const int64_t k_off = int64_t(layer) * 2 * kBlockTokens * C, v_off = k_off + kBlockTokens * C;
   pool_.parallel_for(int64_t(tasks.size()), [&](int64_t i, int tid) {
-    const Task& t = tasks[size_t(i)];
+    const AttnTask& t = tasks[size_t(i)];
     const AttnSeq& s = seqs[t.seq];
     float* scratch = attn_scratch_.data() + size_t(tid) * scratch_per_thread;
     auto kernel = isa_ >= Isa::Avx2 ? avx2::attention_head_rows : scalar::attention_head_rows;

@@ -43,7 +43,9 @@ class CpuBackend final : public Backend {
  private:
   Isa isa_;
   ThreadPool pool_;
-  std::vector<float> attn_scratch_;  // (threads, max keys)
+  std::vector<float> attn_scratch_;  // (threads, 8 x max keys): see ops_kernels.h
+  struct AttnTask { int32_t seq, head, r0, rows; };
+  std::vector<AttnTask> tasks_;      // attention's work list, kept to reuse its memory
 };
 
 }  // namespace llmcore::cpu

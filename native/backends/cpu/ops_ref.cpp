@@ -55,11 +55,14 @@ void kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& k
     for (int i = 0; i < seqs[s].n_new; i++) {
       const float* row = qkv + int64_t(seqs[s].row + i) * 3 * C;
       const int64_t t = seqs[s].past + i;
-      float* k = kv_at(kv, seqs[s].blocks, layer, 0, t);
-      float* v = kv_at(kv, seqs[s].blocks, layer, 1, t);
-      for (int64_t c = 0; c < C; c++) {
-        k[c] = row[C + c];
-        v[c] = row[2 * C + c];
+      const int64_t HS = C / kv.NH;
+      for (int h = 0; h < kv.NH; h++) {
+        float* k = kv_at(kv, seqs[s].blocks, layer, 0, t, h);
+        float* v = kv_at(kv, seqs[s].blocks, layer, 1, t, h);
+        for (int64_t d = 0; d < HS; d++) {
+          k[d] = row[C + h * HS + d];
+          v[d] = row[2 * C + h * HS + d];
+        }
       }
     }
   }
@@ -80,7 +83,7 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
         const float* q = qkv + row * 3 * C + h * HS;
         double max_score = -INFINITY;
         for (int64_t t = 0; t <= pos; t++) {
-          const float* k = kv_at(kv, seqs[s].blocks, layer, 0, t) + h * HS;
+          const float* k = kv_at(kv, seqs[s].blocks, layer, 0, t, h);
           double dot = 0;
           for (int64_t d = 0; d < HS; d++) dot += double(q[d]) * double(k[d]);
           score[t] = dot * scale;
@@ -91,7 +94,7 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
         for (int64_t d = 0; d < HS; d++) {
           double acc = 0;
           for (int64_t t = 0; t <= pos; t++)
-            acc += score[t] * double(kv_at(kv, seqs[s].blocks, layer, 1, t)[h * HS + d]);
+            acc += score[t] * double(kv_at(kv, seqs[s].blocks, layer, 1, t, h)[d]);
           out[row * C + h * HS + d] = float(acc / sum);
         }
       }

@@ -29,7 +29,7 @@ void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t
     const int64_t n_keys = pos0 + r + 1;
     float max_score = -INFINITY;
     for (int64_t t = 0; t < n_keys; t++) {
-      const float* k = block_ptr[blocks[t >> 4]] + k_off + (t & 15) * C + h * HS;
+      const float* k = block_ptr[blocks[t >> 4]] + k_off + h * 16 * HS + (t & 15) * HS;
       float dot = 0;
       for (int64_t d = 0; d < HS; d++) dot += q[d] * k[d];
       scratch[t] = dot * scale;
@@ -40,7 +40,7 @@ void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t
     float* dst = out + (row0 + r) * C + h * HS;
     for (int64_t d = 0; d < HS; d++) dst[d] = 0.f;
     for (int64_t t = 0; t < n_keys; t++) {
-      const float* v = block_ptr[blocks[t >> 4]] + v_off + (t & 15) * C + h * HS;
+      const float* v = block_ptr[blocks[t >> 4]] + v_off + h * 16 * HS + (t & 15) * HS;
       for (int64_t d = 0; d < HS; d++) dst[d] += scratch[t] * v[d];
     }
     for (int64_t d = 0; d < HS; d++) dst[d] /= sum;

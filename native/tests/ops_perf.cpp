@@ -1,0 +1,105 @@
+// `backend_ops_test --perf`: speed of the CPU backend's non-GEMM ops (attention, layernorm) at
+// GPT-2 124M shapes, next to the machine's peak FMA rate and read bandwidth measured in the same
+// run (the GEMM has its own bench: gemm_test --bench). Median of 7 samples of >= 50 ms each.
+// `--perf NAME` runs only the rows whose name contains NAME.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/cpu_features.h"
+#include "backends/cpu/roofline.h"
+#include "tests/backend_ops.h"
+
+namespace llmcore {
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+template <class F>
+double median_seconds(F&& fn) {
+  fn();  // warm-up
+  int inner = 1;
+  for (;;) {
+    const double t0 = now_s();
+    for (int i = 0; i < inner; i++) fn();
+    if (now_s() - t0 >= 0.05) break;
+    inner *= 2;
+  }
+  std::vector<double> xs;
+  for (int s = 0; s < 7; s++) {
+    const double t0 = now_s();
+    for (int i = 0; i < inner; i++) fn();
+    xs.push_back((now_s() - t0) / inner);
+  }
+  std::sort(xs.begin(), xs.end());
+  return xs[xs.size() / 2];
+}
+
+struct AttnShape {
+  const char* name;
+  int n_seqs, past, n_new;
+};
+
+}  // namespace
+
+int run_ops_perf(const char* only) {
+  cpu::CpuBackend be(0, cpu::best_isa());
+  ThreadPool& pool = *be.host_pool();
+  const double peak = cpu::measure_peak_fma_gflops(pool);
+  const double bw = cpu::measure_read_bandwidth_gbs(pool);
+  std::printf("%s\nlimits: peak FMA %.1f GFLOP/s, streaming read %.1f GB/s\n", be.describe().c_str(),
+              peak, bw);
+  const int64_t C = 768, NH = 12, HS = C / NH;
+  const int L = 1;
+  const AttnShape shapes[] = {
+      {"prefill 512", 1, 0, 512}, {"prefill 128", 1, 0, 128},
+      {"decode b32 ctx 48", 32, 47, 1}, {"decode b1 ctx 512", 1, 511, 1},
+  };
+  std::printf("%-22s %10s %9s %7s %9s %7s\n", "attention", "ms", "GFLOP/s", "%peak", "KV GB/s", "%bw");
+  for (const AttnShape& s : shapes) {
+    if (only && !std::strstr(s.name, only)) continue;
+    const int T = s.past + s.n_new;
+    const int blocks_per_seq = (T + kBlockTokens - 1) / kBlockTokens;
+    const size_t block_floats = size_t(L) * 2 * kBlockTokens * C;
+    std::vector<float> pool_mem(block_floats * size_t(blocks_per_seq * s.n_seqs), 0.01f);
+    std::vector<float*> ptrs;
+    for (int b = 0; b < blocks_per_seq * s.n_seqs; b++) ptrs.push_back(pool_mem.data() + size_t(b) * block_floats);
+    std::vector<std::vector<int32_t>> tables(size_t(s.n_seqs));
+    std::vector<AttnSeq> seqs;
+    for (int q = 0; q < s.n_seqs; q++) {
+      for (int b = 0; b < blocks_per_seq; b++) tables[size_t(q)].push_back(q * blocks_per_seq + b);
+      seqs.push_back(AttnSeq{q * s.n_new, s.n_new, s.past, tables[size_t(q)].data()});
+    }
+    const int M = s.n_seqs * s.n_new;
+    std::vector<float> qkv(size_t(M) * 3 * C), out(size_t(M) * C);
+    for (size_t i = 0; i < qkv.size(); i++) qkv[i] = float(int(i % 97) - 48) / 97.0f;
+    const KvView kv{ptrs.data(), C, int(NH)};
+    be.kv_store(qkv.data(), seqs.data(), int(seqs.size()), kv, 0);
+    const double secs = median_seconds([&] {
+      be.attention(qkv.data(), seqs.data(), int(seqs.size()), kv, 0, out.data());
+    });
+    // Per query row and head: 2 HS FLOPs per key for the scores, 2 HS for the value sum.
+    double flops = 0, kv_bytes = 0;
+    for (int i = 0; i < s.n_new; i++) flops += double(s.past + i + 1) * 4.0 * double(HS) * double(NH);
+    flops *= s.n_seqs;
+    kv_bytes = double(s.n_seqs) * T * 2.0 * double(C) * 4.0;
+    std::printf("%-22s %10.3f %9.1f %6.1f%% %9.1f %6.1f%%\n", s.name, secs * 1e3, flops / secs * 1e-9,
+                100 * flops / secs * 1e-9 / peak, kv_bytes / secs * 1e-9, 100 * kv_bytes / secs * 1e-9 / bw);
+  }
+  for (int M : {512, 32, 1}) {
+    if (only && !std::strstr("layernorm", only)) continue;
+    std::vector<float> x(size_t(M) * C, 0.5f), y(size_t(M) * C), g(size_t(C), 1.f), b(size_t(C), 0.f);
+    for (size_t i = 0; i < x.size(); i++) x[i] = float(int(i % 89)) / 89.0f;
+    const double secs = median_seconds([&] { be.layernorm(x.data(), M, C, g.data(), b.data(), 1e-5f, y.data()); });
+    std::printf("layernorm M=%-4d C=%lld %8.3f ms %7.1f GB/s (read + write)\n", M, (long long)C, secs * 1e3,
+                2.0 * double(M) * double(C) * 4 / secs * 1e-9);
+  }
+  return 0;
+}
+
+}  // namespace llmcore
