@@ -260,14 +260,17 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task, many
   // small tasks so the dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32
   // columns for AVX2) per task, fewer until there are >= 8 tasks per thread (>= 2 panels).
-  // The last 2 G x threads panels of a skinny batch go one panel per task, so the threads end
-  // within about one panel of each other (a short GEMV is only ~100 us).
+  // The last 2 G x threads panels of a skinny batch go in tasks of tail_ppt panels (2 for one
+  // row, 1 otherwise), so the threads end within a task of each other (a short GEMV is only
+  // ~100 us). A lone row keeps two panel streams in its tail tasks: with one (a 1 x 16 tile)
+  // those panels took ~1.5x longer per byte, a sixth of a batch-1 step's GEMV time.
   const int64_t g = M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
   // Panel blocks [0, head_tasks) are ppt panels wide (the last one possibly narrower) and cover
-  // panels [0, head_panels); each remaining panel is a task of its own.
-  int64_t ppt, head_panels, head_tasks;
+  // panels [0, head_panels); the remaining panels go tail_ppt per task.
+  int64_t ppt, head_panels, head_tasks, tail_ppt = 1;
   if (M <= 3) {
     ppt = g;
+    tail_ppt = M == 1 ? 2 : 1;
     const int64_t tail = std::min<int64_t>(np, 2 * g * threads);
     head_panels = (np - tail) / ppt * ppt;
     head_tasks = head_panels / ppt;
@@ -277,7 +280,7 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     head_panels = np;
     head_tasks = (np + ppt - 1) / ppt;
   }
-  const int64_t npb = head_tasks + (np - head_panels);
+  const int64_t npb = head_tasks + (np - head_panels + tail_ppt - 1) / tail_ppt;
   // K blocks: only for long K (the 3072-wide MLP projection), where a whole panel (K x 64 B)
   // and the tile's rows of x stop fitting in L2 next to each other; measured on Zen 3, blocks
   // of ~768 beat both no blocking and shorter blocks.
@@ -293,17 +296,17 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   struct Ctx {
     const kern::GemmCall* c;
     Isa isa;
-    int64_t nrb, rb_base, rb_extra, ppt, head_tasks, head_panels;
+    int64_t nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np;
     size_t scratch_bytes;
-  } ctx{&c, W.isa, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, scratch_bytes};
+  } ctx{&c, W.isa, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np, scratch_bytes};
   std::atomic<bool> oom{false};
 
   auto task = [](const Ctx& t, int64_t i) {
     const int64_t rb = i % t.nrb, pb = i / t.nrb;
     const int64_t m0 = rb * t.rb_base + (rb < t.rb_extra ? rb : t.rb_extra);
     const int64_t m1 = m0 + t.rb_base + (rb < t.rb_extra ? 1 : 0);
-    const int64_t p0 = pb < t.head_tasks ? pb * t.ppt : t.head_panels + (pb - t.head_tasks);
-    const int64_t p1 = pb < t.head_tasks ? std::min(p0 + t.ppt, t.head_panels) : p0 + 1;
+    const int64_t p0 = pb < t.head_tasks ? pb * t.ppt : t.head_panels + (pb - t.head_tasks) * t.tail_ppt;
+    const int64_t p1 = pb < t.head_tasks ? std::min(p0 + t.ppt, t.head_panels) : std::min(p0 + t.tail_ppt, t.np);
     float* scratch = nullptr;
     if (t.scratch_bytes) {
       scratch = static_cast<float*>(t_scratch.get(t.scratch_bytes));
