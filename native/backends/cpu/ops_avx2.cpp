@@ -155,10 +155,10 @@ static inline __m256 rows_from(int64_t s) {
   return _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(kRowsFrom + 8 - s)));
 }
 
-// The softmax of each row, done the same way whether a row is alone (R = 1, p contiguous) or in
-// a tile (lanes of the interleaved P): s -> exp256(s - max) for every key it attends to, their
-// sum in key order from +0 (adding the tile's +0 lanes past a row's end changes nothing), and
-// 1 / sum.
+// Softmax convention, shared by attend_one_row (p contiguous) and attend_rows (lanes of the
+// interleaved P) so that a row gives the same bits alone or in a tile: s -> exp256(s - max) for
+// every key it attends to, their sum in key order from +0 (the +0 a tile adds past a row's last
+// key changes nothing), then 1 / sum.
 
 // dst_r[d, d + 8 NV) = inv_r * sum over t < n[r] of p_r[t] * v_t[d, d + 8 NV), for R rows
 // sharing the V loads (n[r] = n[0] + r); p_r[t] at P[8 t + r] (R > 1) or P[t] (R = 1). Per
