@@ -24,19 +24,6 @@ static inline float sum_f32(const float* a, int64_t n) {
   return s;
 }
 
-static inline float dot_f32(const float* a, const float* b, int64_t n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-  }
-  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  float s = hsum256_ps(_mm256_add_ps(s0, s1));
-  for (; i < n; i++) s += a[i] * b[i];
-  return s;
-}
-
 void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const float* beta,
                     float eps, float* out) {
   for (int m = 0; m < M; m++) {
@@ -256,37 +243,14 @@ static inline void attend_rows(const float* const* q, const HeadRows& keys, cons
   for (; d + 8 <= HS; d += 8) weighted_values<1, R>(values, d, P, n0, dst, inv);
 }
 
-// Head sizes that are not a multiple of 8: one key and one dimension at a time.
-static void attention_rows_any_hs(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
-                                  int64_t pos0, int n_rows, const HeadRows& keys,
-                                  const HeadRows& values, float* scratch, float* out) {
-  const float scale = 1.0f / std::sqrt(float(HS));
-  for (int r = 0; r < n_rows; r++) {
-    const float* q = qkv + (row0 + r) * 3 * C + h * HS;
-    const int64_t n_keys = pos0 + r + 1;
-    float max_score = -INFINITY;
-    for (int64_t t = 0; t < n_keys; t++) {
-      scratch[t] = dot_f32(q, keys.row(t), HS) * scale;
-      max_score = scratch[t] > max_score ? scratch[t] : max_score;
-    }
-    for (int64_t t = 0; t < n_keys; t++) scratch[t] = std::exp(scratch[t] - max_score);
-    const float inv_sum = 1.0f / sum_f32(scratch, n_keys);
-    float* dst = out + (row0 + r) * C + h * HS;
-    for (int64_t d = 0; d < HS; d++) {
-      float acc = 0.f;
-      for (int64_t t = 0; t < n_keys; t++) acc = std::fma(scratch[t], values.row(t)[d], acc);
-      dst[d] = acc * inv_sum;
-    }
-  }
-}
-
 void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
                          int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
                          int64_t k_off, int64_t v_off, float* scratch, float* out) {
   const HeadRows keys{block_ptr, blocks, k_off + h * 16 * HS, HS};
   const HeadRows values{block_ptr, blocks, v_off + h * 16 * HS, HS};
-  if (HS % 8 != 0)
-    return attention_rows_any_hs(qkv, C, HS, h, row0, pos0, n_rows, keys, values, scratch, out);
+  if (HS % 8 != 0)  // no GPT-2 has these head sizes: the plain kernel is enough
+    return scalar::attention_head_rows(qkv, C, HS, h, row0, pos0, n_rows, block_ptr, blocks, k_off,
+                                       v_off, scratch, out);
   // Tiles of up to kTile rows share each K and V load; a row's numbers do not depend on the
   // tile it is in (see the kernels above), so any split of the rows gives the same bits.
   constexpr int kTile = 6;
