@@ -76,6 +76,7 @@ class Backend {
   virtual void upload(float* dst, const float* src_host, size_t n_floats) = 0;
   virtual void download(float* dst_host, const float* src, size_t n_floats) = 0;
   virtual void copy(float* dst, const float* src, size_t n_floats) = 0;
+  virtual void zero(float* dst, size_t n_floats) = 0;
 
   // Converts a stored weight once, at load. compute is the dtype the weight is kept in.
   virtual std::unique_ptr<Weight> prepare_weight(const WeightView& w, DType compute) = 0;

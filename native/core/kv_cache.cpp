@@ -15,6 +15,9 @@ int32_t KvCache::allocate() {
   if (free_.empty()) {
     float* chunk = backend_.alloc(block_floats_ * kBlocksPerChunk);
     chunks_.push_back(chunk);
+    // Attention kernels read whole slot groups of a sequence's last block, past its end (and
+    // discard those lanes): zeroed, those slots are never indeterminate memory.
+    backend_.zero(chunk, block_floats_ * kBlocksPerChunk);
     // Hand out low ids first: push in reverse so pop_back yields ascending ids.
     const size_t first = ptrs_.size();
     for (int i = 0; i < kBlocksPerChunk; i++) {

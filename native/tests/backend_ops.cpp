@@ -259,6 +259,14 @@ void test_small_ops(Backend& be, const std::string& name, std::vector<OpCase>& o
   ok = true;
   compare(g, drows.fetch(&ok), want_rows, ok);
   out.push_back(g);
+
+  Guarded dz(be, rng.vec(37));
+  be.zero(dz.get(), 37);
+  OpCase z{name, "zero", "n=37"};
+  z.tol = 0;
+  ok = true;
+  compare(z, dz.fetch(&ok), std::vector<float>(37, 0.f), ok);
+  out.push_back(z);
 }
 
 }  // namespace

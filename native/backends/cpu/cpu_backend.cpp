@@ -35,6 +35,7 @@ void CpuBackend::release(float* p) { std::free(p); }
 void CpuBackend::upload(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
 void CpuBackend::download(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
 void CpuBackend::copy(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
+void CpuBackend::zero(float* dst, size_t n) { std::memset(dst, 0, n * 4); }
 
 std::unique_ptr<Weight> CpuBackend::prepare_weight(const WeightView& w, DType compute) {
   return pack_weight(w, compute, isa_, pool_);

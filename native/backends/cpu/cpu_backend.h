@@ -24,6 +24,7 @@ class CpuBackend final : public Backend {
   void upload(float* dst, const float* src_host, size_t n_floats) override;
   void download(float* dst_host, const float* src, size_t n_floats) override;
   void copy(float* dst, const float* src, size_t n_floats) override;
+  void zero(float* dst, size_t n_floats) override;
 
   std::unique_ptr<Weight> prepare_weight(const WeightView& w, DType compute) override;
 
