@@ -44,10 +44,13 @@ enum class Epilogue : uint8_t {
 };
 
 // Paged KV cache storage. Block b holds, for every layer l, K then V for kBlockTokens positions,
-// each head by head (a head's 16 positions contiguous, so attention reads 4 KB runs instead of
-// 256 B pieces at a C-float stride, which on the CPU fell into a few L1 sets):
-// block_ptr[b] + l * 2 * kBlockTokens * C + {0 for K, kBlockTokens * C for V}
-//              + h * kBlockTokens * HS + t * HS           (t = position % kBlockTokens)
+// head by head (a head's part is 16 x HS floats, contiguous: attention reads 4 KB runs):
+//   K of position t, head h, dim d: block_ptr[b] + l * 2 * kBlockTokens * C
+//                                   + h * kBlockTokens * HS + d * kBlockTokens + t
+//   V of position t, head h, dim d: block_ptr[b] + l * 2 * kBlockTokens * C + kBlockTokens * C
+//                                   + h * kBlockTokens * HS + t * HS + d
+// (t = position % kBlockTokens). K is stored transposed, dims by positions, so a query's scores
+// for a block's 16 positions are one vector FMA chain over d, with no horizontal sums.
 inline constexpr int kBlockTokens = 16;
 struct KvView {
   float* const* block_ptr;  // backend memory; indexed by block id

@@ -74,12 +74,14 @@ void CpuBackend::kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, con
   for (int s = 0; s < n_seqs; s++) {
     for (int i = 0; i < seqs[s].n_new; i++) {
       const int64_t t = seqs[s].past + i;
-      float* block = kv.block_ptr[seqs[s].blocks[t / kBlockTokens]];
-      float* k = block + int64_t(layer) * 2 * kBlockTokens * C + (t % kBlockTokens) * HS;
+      float* layer_kv = kv.block_ptr[seqs[s].blocks[t / kBlockTokens]] + int64_t(layer) * 2 * kBlockTokens * C;
+      const int64_t slot = t % kBlockTokens;
       const float* row = qkv + int64_t(seqs[s].row + i) * 3 * C;
-      for (int h = 0; h < kv.NH; h++) {  // layout in backend.h: head by head
-        std::memcpy(k + h * kBlockTokens * HS, row + C + h * HS, HS * sizeof(float));
-        std::memcpy(k + kBlockTokens * C + h * kBlockTokens * HS, row + 2 * C + h * HS, HS * sizeof(float));
+      for (int h = 0; h < kv.NH; h++) {  // layout in backend.h: head by head, K transposed
+        float* k = layer_kv + h * kBlockTokens * HS + slot;
+        float* v = layer_kv + kBlockTokens * C + h * kBlockTokens * HS + slot * HS;
+        for (int64_t d = 0; d < HS; d++) k[d * kBlockTokens] = row[C + h * HS + d];
+        std::memcpy(v, row + 2 * C + h * HS, HS * sizeof(float));
       }
     }
   }
@@ -102,7 +104,7 @@ void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, co
       for (int r0 = (seqs[s].n_new - 1) / kRows * kRows; r0 >= 0; r0 -= kRows)
         tasks_.push_back({s, h, r0, std::min(kRows, seqs[s].n_new - r0)});
   }
-  const size_t scratch_per_thread = 8 * size_t(max_keys + 8);  // see ops_kernels.h
+  const size_t scratch_per_thread = 8 * size_t(max_keys + 16);  // see ops_kernels.h
   if (attn_scratch_.size() < scratch_per_thread * pool_.size())
     attn_scratch_.resize(scratch_per_thread * pool_.size());
   const int64_t k_off = int64_t(layer) * 2 * kBlockTokens * C, v_off = k_off + kBlockTokens * C;

@@ -50,46 +50,100 @@ void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const 
   }
 }
 
-// Where one head's K (or V) rows live in the paged cache: position t is at row(t), HS floats,
-// the 16 positions of a block `stride` (= HS) floats apart.
+// Where one head's K or V lives in the paged cache (layout in backend.h): block(b) is the head's
+// 16 x HS floats in the sequence's block b; for V, position t's HS floats are at row(t).
 namespace {
 struct HeadRows {
   float* const* block_ptr;
   const int32_t* blocks;
   int64_t off;  // layer's K or V section + the head's part of it
   int64_t stride;
-  const float* row(int64_t t) const { return block_ptr[blocks[t >> 4]] + off + (t & 15) * stride; }
+  const float* block(int64_t b) const { return block_ptr[blocks[b]] + off; }
+  const float* row(int64_t t) const { return block(t >> 4) + (t & 15) * stride; }
 };
 }  // namespace
 
-// Attention scores, in register tiles. The score of query row q and key k is, whatever tile
-// computes it: 8-lane partial sums l0..l7 over HS in steps of 8 (one FMA chain per lane, d in
-// increasing order), then ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)), then times 1/sqrt(HS). Groups of
-// keys start at a multiple of their size (4 or 8), so they never straddle a 16-slot block; slots
-// past the sequence's end are read (blocks are allocated whole) and their scores ignored.
+// Attention scores, in register tiles, from K stored transposed in each block (kt[16 d + j] is
+// dim d of the block's slot j). The score of query row q and key k is, whatever tile computes it:
+// one FMA chain over d in increasing order from +0, then times 1/sqrt(HS). Whole blocks are
+// scored; slots past the sequence's end (zeroed or stale) get scores that nobody reads.
 
-// One row, 8 keys t..t+7 (k = key t's row; the others follow `stride` floats apart): 8 FMA chains.
-static inline void scores_1x8(const float* q, const float* k, int64_t stride, int64_t HS, __m256 scale,
-                              float* p) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  for (int64_t d = 0; d < HS; d += 8) {
-    const __m256 qv = _mm256_loadu_ps(q + d);
-    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + d), a0);
-    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + stride + d), a1);
-    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * stride + d), a2);
-    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * stride + d), a3);
-    a4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 4 * stride + d), a4);
-    a5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 5 * stride + d), a5);
-    a6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 6 * stride + d), a6);
-    a7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 7 * stride + d), a7);
+// R rows x NB consecutive blocks (kt[i]: block i), 2 NB R <= 12 accumulators: each K load feeds
+// R FMAs, each q broadcast 2 NB.
+template <int R, int NB>
+static inline void scores_blocks(const float* const* q, const float* const* kt, int64_t HS,
+                                 __m256 scale, __m256 (&s)[R][NB][2]) {
+#pragma GCC unroll 6
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; i++) s[r][i][0] = s[r][i][1] = _mm256_setzero_ps();
+  for (int64_t d = 0; d < HS; d++) {
+    __m256 k[NB][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; i++) {
+      k[i][0] = _mm256_loadu_ps(kt[i] + 16 * d);
+      k[i][1] = _mm256_loadu_ps(kt[i] + 16 * d + 8);
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+      const __m256 qd = _mm256_broadcast_ss(q[r] + d);
+#pragma GCC unroll 4
+      for (int i = 0; i < NB; i++) {
+        s[r][i][0] = _mm256_fmadd_ps(qd, k[i][0], s[r][i][0]);
+        s[r][i][1] = _mm256_fmadd_ps(qd, k[i][1], s[r][i][1]);
+      }
+    }
   }
-  // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | a4+a5, a6+a7, b4+b5, b6+b7], so lane j < 4 of
-  // h0123 is key j's (l0+l1)+(l2+l3) and lane 4 + j its (l4+l5)+(l6+l7); keys 4-7 in h4567.
-  const __m256 h0123 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-  const __m256 h4567 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
-  const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
-                                   _mm256_permute2f128_ps(h0123, h4567, 0x31));
-  _mm256_storeu_ps(p, _mm256_mul_ps(sum, scale));
+#pragma GCC unroll 6
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+    for (int i = 0; i < NB; i++) {
+      s[r][i][0] = _mm256_mul_ps(s[r][i][0], scale);
+      s[r][i][1] = _mm256_mul_ps(s[r][i][1], scale);
+    }
+}
+
+// 8 x 8 transpose: v[i] lane j -> v[j] lane i.
+static inline void transpose8(__m256 (&v)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  v[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  v[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  v[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  v[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  v[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  v[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  v[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  v[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Scores of R rows for blocks [b, b + NB), written to the interleaved P (key t, row r at
+// P[8 t + r]; lanes R..7 get zeros).
+template <int R, int NB>
+static inline void scores_to_lanes(const float* const* q, const HeadRows& keys, int64_t b,
+                                   int64_t HS, __m256 scale, float* P) {
+  const float* kt[NB];
+  for (int i = 0; i < NB; i++) kt[i] = keys.block(b + i);
+  __m256 s[R][NB][2];
+  scores_blocks<R, NB>(q, kt, HS, scale, s);
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; i++)
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+      __m256 v[8];
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; r++) v[r] = r < R ? s[r < R ? r : 0][i][h] : _mm256_setzero_ps();
+      transpose8(v);
+      float* dst = P + 8 * (16 * (b + i) + 8 * h);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + 8 * j, v[j]);
+    }
 }
 
 // Calls f(t, row pointer) for t in [t0, t1), walking block by block.
@@ -100,40 +154,6 @@ static inline void for_rows(const HeadRows& rows, int64_t t0, int64_t t1, F&& f)
     const float* v = rows.row(t0);
     for (; t0 < end; t0++, v += rows.stride) f(t0, v);
   }
-}
-
-// R rows (2 or 3) x 4 keys t..t+3: each K load feeds R FMAs, 4R chains. The scores go to the
-// interleaved buffer: key u's scores of rows r0.. at P + 8 u + r0 (lanes r0 + R .. r0 + 3 are
-// written with junk, overwritten by the next sub-tile where it has rows there).
-template <int R>
-static inline void scores_rx4(const float* const* q, const float* k, int64_t stride, int64_t HS,
-                              __m256 scale, float* P, int64_t t) {
-  __m256 a[R][4];
-#pragma GCC unroll 3
-  for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) a[r][j] = _mm256_setzero_ps();
-  for (int64_t d = 0; d < HS; d += 8) {
-    __m256 kv[4];
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) kv[j] = _mm256_loadu_ps(k + j * stride + d);
-#pragma GCC unroll 3
-    for (int r = 0; r < R; r++) {
-      const __m256 qv = _mm256_loadu_ps(q[r] + d);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; j++) a[r][j] = _mm256_fmadd_ps(qv, kv[j], a[r][j]);
-    }
-  }
-  __m128 v[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
-#pragma GCC unroll 3
-  for (int r = 0; r < R; r++) {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a[r][0], a[r][1]), _mm256_hadd_ps(a[r][2], a[r][3]));
-    const __m128 sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    v[r] = _mm_mul_ps(sum, _mm256_castps256_ps128(scale));
-  }
-  _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);  // v[j] = key t + j's scores, row by row
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; j++) _mm_storeu_ps(P + (t + j) * 8, v[j]);
 }
 
 // Lane r on when r >= s (s = 0..8): the rows that still attend to a key in the causal triangle.
@@ -194,7 +214,33 @@ static inline void weighted_values(const HeadRows& values, int64_t d, const floa
 static inline void attend_one_row(const float* q, const HeadRows& keys, const HeadRows& values,
                                   int64_t n, int64_t HS, float* p, float* dst) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(float(HS)));
-  for (int64_t t = 0; t < n; t += 8) scores_1x8(q, keys.row(t), keys.stride, HS, scale, p + t);
+  const int64_t n_blocks = (n + 15) / 16;
+  const float* const qs[1] = {q};
+  int64_t b = 0;
+  auto put = [&](auto& s, int nb) {
+    for (int i = 0; i < nb; i++) {
+      _mm256_storeu_ps(p + 16 * (b + i), s[0][i][0]);
+      _mm256_storeu_ps(p + 16 * (b + i) + 8, s[0][i][1]);
+    }
+  };
+  for (; b + 4 <= n_blocks; b += 4) {  // 4 blocks at once: 8 FMA chains
+    const float* kt[4] = {keys.block(b), keys.block(b + 1), keys.block(b + 2), keys.block(b + 3)};
+    __m256 s[1][4][2];
+    scores_blocks<1, 4>(qs, kt, HS, scale, s);
+    put(s, 4);
+  }
+  for (; b + 2 <= n_blocks; b += 2) {
+    const float* kt[2] = {keys.block(b), keys.block(b + 1)};
+    __m256 s[1][2][2];
+    scores_blocks<1, 2>(qs, kt, HS, scale, s);
+    put(s, 2);
+  }
+  for (; b < n_blocks; b++) {
+    const float* kt[1] = {keys.block(b)};
+    __m256 s[1][1][2];
+    scores_blocks<1, 1>(qs, kt, HS, scale, s);
+    put(s, 1);
+  }
   float max_score = -INFINITY;
   for (int64_t t = 0; t < n; t++) max_score = p[t] > max_score ? p[t] : max_score;
   const __m256 vm = _mm256_set1_ps(max_score);
@@ -209,20 +255,19 @@ static inline void attend_one_row(const float* q, const HeadRows& keys, const He
   for (; d + 8 <= HS; d += 8) weighted_values<1, 1>(values, d, p, n, dsts, &inv);
 }
 
-// R = 2..6 consecutive query rows of one sequence (row r attends to n0 + r keys): scores in
-// sub-tiles of 2-3 rows, the softmax of all rows at once in the lanes of P, then the value sums
+// R = 2..6 consecutive query rows of one sequence (row r attends to n0 + r keys): scores of all
+// R rows together, the softmax of all rows at once in the lanes of P, then the value sums
 // of all R rows together (16 dims per pass: <= 12 accumulators, each V load feeds R FMAs).
 template <int R>
 static inline void attend_rows(const float* const* q, const HeadRows& keys, const HeadRows& values,
                                int64_t n0, int64_t HS, float* P, float* const* dst) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(float(HS)));
   const int64_t n_last = n0 + R - 1;
-  // Sub-tiles in row order (each may write junk into the lanes the next one then fills).
-  constexpr int kSub0 = R == 4 ? 2 : R < 4 ? R : 3;
-  for (int64_t t = 0; t < n_last; t += 4) scores_rx4<kSub0>(q, keys.row(t), keys.stride, HS, scale, P, t);
-  if constexpr (R > kSub0)
-    for (int64_t t = 0; t < n_last; t += 4)
-      scores_rx4<R - kSub0>(q + kSub0, keys.row(t), keys.stride, HS, scale, P + kSub0, t);
+  const int64_t n_blocks = (n_last + 15) / 16;
+  constexpr int kNB = R <= 3 ? 2 : 1;  // 2 * kNB * R <= 12 accumulators
+  int64_t b = 0;
+  for (; b + kNB <= n_blocks; b += kNB) scores_to_lanes<R, kNB>(q, keys, b, HS, scale, P);
+  for (; b < n_blocks; b++) scores_to_lanes<R, 1>(q, keys, b, HS, scale, P);
   // Separate short loops: fused, the exp's constants, max and sum did not fit in 16 registers
   // and the spilled sum put a store-to-load round trip on every key.
   __m256 vmax = _mm256_set1_ps(-INFINITY);

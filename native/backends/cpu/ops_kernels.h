@@ -10,10 +10,11 @@ void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const 
                     float eps, float* out);
 
 // Causal attention of one head h for n_rows consecutive new tokens of one sequence: query r is
-// row (row0 + r) of qkv (*, 3C) at position pos0 + r. Its keys/values for position t are at
-// block_ptr[blocks[t / 16]] + {k_off, v_off} + h * 16 * HS + (t % 16) * HS (backend.h). scratch holds >=
-// 8 * (pos0 + n_rows + 8) floats. Every row is computed the same way whatever n_rows and row0
-// (batch invariance). The AVX2 kernel reads whole 8-slot groups of the last block, past the end.
+// row (row0 + r) of qkv (*, 3C) at position pos0 + r. Its keys/values for position t are in block
+// block_ptr[blocks[t / 16]], at k_off / v_off + h * 16 * HS, laid out as in backend.h (K
+// transposed). scratch holds >= 8 * (pos0 + n_rows + 16) floats. Every row is computed the same
+// way whatever n_rows and row0 (batch invariance). The AVX2 kernel scores whole blocks, reading
+// the last block's slots past the sequence's end.
 void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
                          int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
                          int64_t k_off, int64_t v_off, float* scratch, float* out);

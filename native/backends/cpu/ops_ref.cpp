@@ -57,11 +57,9 @@ void kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& k
       const int64_t t = seqs[s].past + i;
       const int64_t HS = C / kv.NH;
       for (int h = 0; h < kv.NH; h++) {
-        float* k = kv_at(kv, seqs[s].blocks, layer, 0, t, h);
-        float* v = kv_at(kv, seqs[s].blocks, layer, 1, t, h);
         for (int64_t d = 0; d < HS; d++) {
-          k[d] = row[C + h * HS + d];
-          v[d] = row[2 * C + h * HS + d];
+          *kv_at(kv, seqs[s].blocks, layer, 0, t, h, d) = row[C + h * HS + d];
+          *kv_at(kv, seqs[s].blocks, layer, 1, t, h, d) = row[2 * C + h * HS + d];
         }
       }
     }
@@ -83,9 +81,9 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
         const float* q = qkv + row * 3 * C + h * HS;
         double max_score = -INFINITY;
         for (int64_t t = 0; t <= pos; t++) {
-          const float* k = kv_at(kv, seqs[s].blocks, layer, 0, t, h);
           double dot = 0;
-          for (int64_t d = 0; d < HS; d++) dot += double(q[d]) * double(k[d]);
+          for (int64_t d = 0; d < HS; d++)
+            dot += double(q[d]) * double(*kv_at(kv, seqs[s].blocks, layer, 0, t, h, d));
           score[t] = dot * scale;
           max_score = std::max(max_score, score[t]);
         }
@@ -94,7 +92,7 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
         for (int64_t d = 0; d < HS; d++) {
           double acc = 0;
           for (int64_t t = 0; t <= pos; t++)
-            acc += score[t] * double(kv_at(kv, seqs[s].blocks, layer, 1, t, h)[d]);
+            acc += score[t] * double(*kv_at(kv, seqs[s].blocks, layer, 1, t, h, d));
           out[row * C + h * HS + d] = float(acc / sum);
         }
       }

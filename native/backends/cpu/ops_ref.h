@@ -22,13 +22,14 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
                float* out);
 void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out);
 
-// Address of head h's K (which = 0) or V (which = 1) of position t of a sequence in the paged
-// cache (HS floats; layout in backend.h).
-inline float* kv_at(const KvView& kv, const int32_t* blocks, int layer, int which, int64_t t, int h) {
+// Address of dim d of head h's K (which = 0) or V (which = 1) of position t of a sequence in the
+// paged cache (layout in backend.h: K transposed within a block, V not).
+inline float* kv_at(const KvView& kv, const int32_t* blocks, int layer, int which, int64_t t, int h,
+                    int64_t d) {
   const int64_t HS = kv.C / kv.NH;
-  float* block = kv.block_ptr[blocks[t / kBlockTokens]];
-  return block + (int64_t(layer) * 2 + which) * kBlockTokens * kv.C + h * kBlockTokens * HS +
-         (t % kBlockTokens) * HS;
+  float* head = kv.block_ptr[blocks[t / kBlockTokens]] +
+                (int64_t(layer) * 2 + which) * kBlockTokens * kv.C + h * kBlockTokens * HS;
+  return which == 0 ? head + d * kBlockTokens + t % kBlockTokens : head + (t % kBlockTokens) * HS + d;
 }
 
 }  // namespace llmcore::ref

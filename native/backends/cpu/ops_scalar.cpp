@@ -29,9 +29,9 @@ void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t
     const int64_t n_keys = pos0 + r + 1;
     float max_score = -INFINITY;
     for (int64_t t = 0; t < n_keys; t++) {
-      const float* k = block_ptr[blocks[t >> 4]] + k_off + h * 16 * HS + (t & 15) * HS;
+      const float* k = block_ptr[blocks[t >> 4]] + k_off + h * 16 * HS + (t & 15);  // transposed
       float dot = 0;
-      for (int64_t d = 0; d < HS; d++) dot += q[d] * k[d];
+      for (int64_t d = 0; d < HS; d++) dot += q[d] * k[d * 16];
       scratch[t] = dot * scale;
       if (scratch[t] > max_score) max_score = scratch[t];
     }
