@@ -282,12 +282,10 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   }
   const int64_t npb = head_tasks + (np - head_panels + tail_ppt - 1) / tail_ppt;
   // K blocks: only for long K (the 3072-wide MLP projection), where a whole panel (K x 64 B)
-  // and the tile's rows of x stop fitting in L2 next to each other. Blocks of ~384 (a 24 KB fp32
-  // panel slice, which stays in L1 across the row tiles) measured better than ~768 for the
-  // 124M mlp.proj at M = 512 on Zen 3 in two interleaved A/B runs (fp32 119-121 -> 124-139
-  // GFLOP/s median, bf16 116 -> 144); for K <= 1024 shorter blocks measured no better.
+  // and the tile's rows of x stop fitting in L2 next to each other; measured on Zen 3, blocks
+  // of ~768 beat both no blocking and shorter blocks.
   if (M >= 4 && K > 1024 && W.isa != Isa::Scalar) {
-    const int64_t nkb = (K + 383) / 384;
+    const int64_t nkb = (K + 767) / 768;
     int64_t kc = (K + nkb - 1) / nkb;
     kc = (kc + 7) / 8 * 8;  // a multiple of 8 keeps k-pairs and cache lines whole
     c.kc = kc;
