@@ -138,12 +138,29 @@ static inline void scores_to_lanes(const float* const* q, const HeadRows& keys, 
     for (int h = 0; h < 2; h++) {
       __m256 v[8];
 #pragma GCC unroll 8
+      // (the clamped index keeps s[] in bounds in the branch not taken)
       for (int r = 0; r < 8; r++) v[r] = r < R ? s[r < R ? r : 0][i][h] : _mm256_setzero_ps();
       transpose8(v);
       float* dst = P + 8 * (16 * (b + i) + 8 * h);
 #pragma GCC unroll 8
       for (int j = 0; j < 8; j++) _mm256_storeu_ps(dst + 8 * j, v[j]);
     }
+}
+
+// Scores of a lone row for blocks [b, b + NB), contiguous in p (key t at p[t]).
+template <int NB>
+static inline void scores_to_row(const float* q, const HeadRows& keys, int64_t b, int64_t HS,
+                                 __m256 scale, float* p) {
+  const float* kt[NB];
+  for (int i = 0; i < NB; i++) kt[i] = keys.block(b + i);
+  const float* const qs[1] = {q};
+  __m256 s[1][NB][2];
+  scores_blocks<1, NB>(qs, kt, HS, scale, s);
+#pragma GCC unroll 4
+  for (int i = 0; i < NB; i++) {
+    _mm256_storeu_ps(p + 16 * (b + i), s[0][i][0]);
+    _mm256_storeu_ps(p + 16 * (b + i) + 8, s[0][i][1]);
+  }
 }
 
 // Calls f(t, row pointer) for t in [t0, t1), walking block by block.
@@ -215,32 +232,10 @@ static inline void attend_one_row(const float* q, const HeadRows& keys, const He
                                   int64_t n, int64_t HS, float* p, float* dst) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(float(HS)));
   const int64_t n_blocks = (n + 15) / 16;
-  const float* const qs[1] = {q};
   int64_t b = 0;
-  auto put = [&](auto& s, int nb) {
-    for (int i = 0; i < nb; i++) {
-      _mm256_storeu_ps(p + 16 * (b + i), s[0][i][0]);
-      _mm256_storeu_ps(p + 16 * (b + i) + 8, s[0][i][1]);
-    }
-  };
-  for (; b + 4 <= n_blocks; b += 4) {  // 4 blocks at once: 8 FMA chains
-    const float* kt[4] = {keys.block(b), keys.block(b + 1), keys.block(b + 2), keys.block(b + 3)};
-    __m256 s[1][4][2];
-    scores_blocks<1, 4>(qs, kt, HS, scale, s);
-    put(s, 4);
-  }
-  for (; b + 2 <= n_blocks; b += 2) {
-    const float* kt[2] = {keys.block(b), keys.block(b + 1)};
-    __m256 s[1][2][2];
-    scores_blocks<1, 2>(qs, kt, HS, scale, s);
-    put(s, 2);
-  }
-  for (; b < n_blocks; b++) {
-    const float* kt[1] = {keys.block(b)};
-    __m256 s[1][1][2];
-    scores_blocks<1, 1>(qs, kt, HS, scale, s);
-    put(s, 1);
-  }
+  for (; b + 4 <= n_blocks; b += 4) scores_to_row<4>(q, keys, b, HS, scale, p);  // 8 FMA chains
+  for (; b + 2 <= n_blocks; b += 2) scores_to_row<2>(q, keys, b, HS, scale, p);
+  for (; b < n_blocks; b++) scores_to_row<1>(q, keys, b, HS, scale, p);
   float max_score = -INFINITY;
   for (int64_t t = 0; t < n; t++) max_score = p[t] > max_score ? p[t] : max_score;
   const __m256 vm = _mm256_set1_ps(max_score);
