@@ -4,11 +4,15 @@
 // jest through the addon (test/backend-ops.test.ts) and as the standalone `backend_ops_test`.
 #pragma once
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace llmcore {
 
 struct OpCase {
+  OpCase() = default;
+  OpCase(std::string backend_, std::string op_, std::string shape_)
+      : backend(std::move(backend_)), op(std::move(op_)), shape(std::move(shape_)) {}
   std::string backend;  // e.g. "cpu/avx2"
   std::string op;       // e.g. "matmul"
   std::string shape;    // e.g. "M=33 N=17 K=65 bf16 kn gelu"

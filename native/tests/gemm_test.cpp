@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backends/cpu/big_memory.h"
 #include "backends/cpu/cpu_features.h"
 #include "backends/cpu/gemm.h"
 #include "backends/cpu/gemm_kernels.h"
@@ -43,6 +44,8 @@ using namespace llmcore;
 using namespace llmcore::cpu;
 
 namespace {
+
+WeightArena g_arena;  // where the engine's CPU backend packs weights too
 
 int g_failures = 0;
 int64_t g_checks = 0;
@@ -334,7 +337,7 @@ void check_case(const Case& cs, std::mt19937& rng, ThreadPool& pool, ThreadPool&
     }
 
   for (Isa isa : supported_isas()) {
-    auto pw = pack_weight(tw.view, cs.cd, isa, pool);
+    auto pw = pack_weight(tw.view, cs.cd, isa, pool, g_arena);
     const bool pairs = pw->fmt == kern::kBF16Pairs;
     // fp32 chain error bound: |err| <= K u sum|x w| (u = 2^-24) with slack; the bf16-pairs
     // kernel also rounds x to bf16 (relative 2^-9 per term).
@@ -451,14 +454,14 @@ void test_gemm(bool quick, ThreadPool& pool) {
   // Degenerate sizes: K = 0 gives bias (or 0); N = 0 / M = 0 do nothing.
   for (Isa isa : supported_isas()) {
     std::vector<float> w(16, 1.0f);
-    auto pw = pack_weight(WeightView{w.data(), DType::F32, 4, 0, true, "k0"}, DType::F32, isa, pool);
+    auto pw = pack_weight(WeightView{w.data(), DType::F32, 4, 0, true, "k0"}, DType::F32, isa, pool, g_arena);
     float xv[4] = {1, 2, 3, 4}, bias[4] = {1, -2, 3, -4};
     Buf y(8);
     gemm(xv, 0, 2, *pw, bias, y.p, Epilogue::Store, pool);
     bool ok = y.guards_ok();
     for (int i = 0; i < 8; ++i) ok = ok && y.p[i] == bias[i % 4];
     CHECK(ok, "%s: K = 0 should give y = bias", isa_name(isa));
-    auto pe = pack_weight(WeightView{w.data(), DType::F32, 0, 4, true, "n0"}, DType::F32, isa, pool);
+    auto pe = pack_weight(WeightView{w.data(), DType::F32, 0, 4, true, "n0"}, DType::F32, isa, pool, g_arena);
     Buf y2(1);
     gemm(xv, 4, 1, *pe, nullptr, y2.p, Epilogue::Store, pool);
     gemm(xv, 4, 0, *pw, nullptr, y2.p, Epilogue::Store, pool);
@@ -469,7 +472,7 @@ void test_gemm(bool quick, ThreadPool& pool) {
     std::vector<float> w(16, 1.0f);
     bool threw = false;
     try {
-      pack_weight(WeightView{w.data(), DType::F32, 4, 4, true, "w"}, DType::F32, Isa::Avx512, pool);
+      pack_weight(WeightView{w.data(), DType::F32, 4, 4, true, "w"}, DType::F32, Isa::Avx512, pool, g_arena);
     } catch (const Error& e) {
       threw = std::string(e.code()) == E_BACKEND;
     }
@@ -604,12 +607,12 @@ void bench(ThreadPool& pool, const std::string& only) {
       // "hot": one weight, reused (L3-resident when it fits in L3). "cold": enough copies to
       // exceed the L3 several times over, cycled, as decode does over the model's layers.
       std::vector<std::unique_ptr<PackedWeight>> copies;
-      copies.push_back(pack_weight(view, cd, isa, pool));
+      copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
       const size_t wbytes = copies[0]->bytes;
       const bool do_cold = bs.M <= 32;
       if (do_cold) {
         const size_t want = size_t(256) << 20;
-        while (copies.size() * wbytes < want) copies.push_back(pack_weight(view, cd, isa, pool));
+        while (copies.size() * wbytes < want) copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
       }
       for (int mode = 0; mode < (do_cold ? 2 : 1); ++mode) {
         const size_t nc = mode == 0 ? 1 : copies.size();

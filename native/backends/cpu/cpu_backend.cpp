@@ -27,7 +27,9 @@ std::string CpuBackend::describe() const {
 
 float* CpuBackend::alloc(size_t n_floats) {
   const size_t bytes = std::max<size_t>(64, (n_floats * sizeof(float) + 63) / 64 * 64);
-  void* p = std::aligned_alloc(64, bytes);
+  // Big buffers (KV cache chunks, ~38 MiB for the 124M model) are streamed by the attention
+  // every step: huge pages, like the weights. Small ones (activations) stay on the heap.
+  void* p = bytes >= (size_t(16) << 20) ? alloc_huge(bytes) : std::aligned_alloc(64, bytes);
   if (!p) throw Error(E_OOM, "[cpu] cannot allocate " + std::to_string(bytes) + " bytes");
   return static_cast<float*>(p);
 }
@@ -38,7 +40,7 @@ void CpuBackend::copy(float* dst, const float* src, size_t n) { std::memcpy(dst,
 void CpuBackend::zero(float* dst, size_t n) { std::memset(dst, 0, n * 4); }
 
 std::unique_ptr<Weight> CpuBackend::prepare_weight(const WeightView& w, DType compute) {
-  return pack_weight(w, compute, isa_, pool_);
+  return pack_weight(w, compute, isa_, pool_, weights_);
 }
 
 void CpuBackend::embed(const int32_t* tokens, const int32_t* positions, int M, int64_t C,

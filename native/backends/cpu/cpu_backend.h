@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "backends/cpu/big_memory.h"
 #include "backends/cpu/gemm.h"
 #include "core/backend.h"
 #include "core/thread_pool.h"
@@ -44,6 +45,7 @@ class CpuBackend final : public Backend {
  private:
   Isa isa_;
   ThreadPool pool_;
+  WeightArena weights_;
   std::vector<float> attn_scratch_;  // (threads, 8 x max keys): see ops_kernels.h
   struct AttnTask { int32_t seq, head, r0, rows; };
   std::vector<AttnTask> tasks_;      // attention's work list, kept to reuse its memory

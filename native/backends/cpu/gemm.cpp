@@ -14,10 +14,7 @@
 #include <cstring>
 #include <string>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
+#include "backends/cpu/big_memory.h"
 #include "backends/cpu/cpu_features.h"
 #include "backends/cpu/gemm_kernels.h"
 #include "core/errors.h"
@@ -31,21 +28,6 @@ size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 void* aligned_alloc64(size_t bytes) {
   void* p = nullptr;
   if (posix_memalign(&p, 64, round_up(bytes ? bytes : 64, 64)) != 0) p = nullptr;
-  return p;
-}
-
-// Packed weights: very big ones (the lm_head) are 2 MiB aligned and offered to transparent
-// huge pages (fewer TLB misses while streaming). Not the per-layer ones: rounding each up to
-// whole huge pages would waste 5-12% of the model's memory, for no gain measured here.
-void* alloc_weight(size_t bytes) {
-  constexpr size_t kHuge = size_t(2) << 20;
-  if (bytes < 16 * kHuge) return aligned_alloc64(bytes);
-  void* p = nullptr;
-  const size_t len = round_up(bytes, kHuge);
-  if (posix_memalign(&p, kHuge, len) != 0) return nullptr;
-#ifdef MADV_HUGEPAGE
-  madvise(p, len, MADV_HUGEPAGE);
-#endif
   return p;
 }
 
@@ -144,10 +126,8 @@ float gelu_new(float x) {
   return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
-PackedWeight::~PackedWeight() { std::free(data); }
-
 std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Isa isa,
-                                          ThreadPool& pool) {
+                                          ThreadPool& pool, WeightArena& arena) {
   if (!isa_supported(isa))
     throw Error(E_BACKEND, std::string("[cpu] cannot pack ") + w.name + " for " + isa_name(isa) +
                                ": this CPU does not support it (" + cpu_features_string() + ")");
@@ -169,7 +149,7 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
   pw->n_panels = (N + nr - 1) / nr;
   pw->panel_bytes = int64_t(round_up(size_t(krows) * row_bytes, 64));
   pw->bytes = size_t(pw->n_panels) * size_t(pw->panel_bytes);
-  pw->data = alloc_weight(pw->bytes);
+  pw->data = arena.take(pw->bytes, pw->storage);
   if (!pw->data)
     throw Error(E_OOM, "[cpu] cannot allocate " + std::to_string(pw->bytes) + " bytes for " + w.name);
   if (pw->bytes == 0) return pw;

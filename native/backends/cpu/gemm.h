@@ -19,12 +19,14 @@ namespace llmcore::cpu {
 enum class Isa : uint8_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 const char* isa_name(Isa isa);
 
+class WeightArena;
+
 class PackedWeight : public Weight {
  public:
-  ~PackedWeight() override;
   Isa isa = Isa::Scalar;   // the kernel family the layout was packed for
   int64_t n_panels = 0;    // ceil(n / panel width)
-  void* data = nullptr;    // 64-byte aligned, owned
+  void* data = nullptr;    // 64-byte aligned, inside `storage`
+  std::shared_ptr<void> storage;
   // Layout details (see gemm_kernels.h): panel width, element format (kern::kF32 ...), and the
   // byte distance between panels.
   int nr = 16;
@@ -32,9 +34,10 @@ class PackedWeight : public Weight {
   int64_t panel_bytes = 0;
 };
 
-// Packs a stored weight (any dtype, either layout) into `compute` dtype for `isa`.
+// Packs a stored weight (any dtype, either layout) into `compute` dtype for `isa`, in memory
+// taken from `arena` (huge pages, see big_memory.h).
 std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Isa isa,
-                                          ThreadPool& pool);
+                                          ThreadPool& pool, WeightArena& arena);
 
 void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
           Epilogue ep, ThreadPool& pool);
