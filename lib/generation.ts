@@ -1,6 +1,7 @@
 // One prompt -> numReturnSequences continuations: the prompt is computed once, its KV cache
 // forked, and every sequence then decodes in the shared scheduler batch. Used by generate()
 // (collects) and stream() (emits pieces as they complete).
+import type { Admission } from './admission';
 import type { ModelConfig } from './config';
 import { OptionError } from './errors';
 import { newTokenBudget, type ResolvedOptions } from './options';
@@ -47,6 +48,7 @@ export interface StreamChunk {
 
 export interface GenerationContext {
   scheduler: Scheduler;
+  admission: Admission;
   tokenizer: Gpt2Tokenizer;
   config: ModelConfig;
 }
@@ -205,7 +207,7 @@ export async function runPrompt(
   onChunk?: (c: StreamChunk) => void,
 ): Promise<GenerationResult> {
   const start = performance.now();
-  const { scheduler, config } = ctx;
+  const { config } = ctx;
   if (promptTokens.length === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
   checkTokenIds(promptTokens, config, 'generate');
   const budget = newTokenBudget(opts, promptTokens.length, config);
@@ -231,7 +233,30 @@ export async function runPrompt(
     });
   if (budget === 0) return result(empty('length'), 0);
   if (opts.signal?.aborted) return result(empty('abort'), 0);
+  // Wait for room in the KV cache: P - 1 prompt positions shared, each sequence grows to
+  // P + budget - 1 (its last sampled token is never fed).
+  const P = promptTokens.length;
+  const admission = ctx.admission;
+  const release = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, n), n, opts.signal);
+  if (!release) return result(empty('abort'), 0);
+  try {
+    return await decodeAdmitted(ctx, promptTokens, budget, opts, result, empty, onChunk);
+  } finally {
+    release();
+  }
+}
 
+async function decodeAdmitted(
+  ctx: GenerationContext,
+  promptTokens: number[],
+  budget: number,
+  opts: ResolvedOptions,
+  result: (sequences: GeneratedSequence[], firstAt: number) => GenerationResult,
+  empty: (reason: FinishReason) => GeneratedSequence[],
+  onChunk?: (c: StreamChunk) => void,
+): Promise<GenerationResult> {
+  const { scheduler } = ctx;
+  const n = opts.numReturnSequences;
   // The prompt but its last token goes into one sequence; forks share that KV cache; each then
   // feeds the last prompt token and samples its own continuation.
   const parent = await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)));

@@ -1,4 +1,6 @@
 // The user-facing model: loadModel() and generate / stream / logits / dispose.
+import * as os from 'node:os';
+import { Admission, type KvStats } from './admission';
 import { readCheckpoint, type GenerationDefaults, type ModelConfig } from './config';
 import { BackendError, DisposedError, ModelFormatError, OptionError, callNative } from './errors';
 import {
@@ -19,6 +21,13 @@ export interface LoadOptions {
   threads?: number;
   /** Keep matmul weights as stored ('auto', default) or convert once at load. */
   dtype?: WeightDtype;
+  /**
+   * KV-cache budget in bytes (default: a quarter of the machine's memory, at most 16 GiB).
+   * Requests beyond it wait (first come, first served) until running ones finish.
+   */
+  kvCacheBytes?: number;
+  /** Sequences decoding at once, the largest step batch (default 256); more wait. */
+  maxSequences?: number;
 }
 
 export type Prompt = string | number[];
@@ -28,7 +37,8 @@ export interface ModelInfo extends NativeEngineInfo {
   device: 'cpu' | 'cuda';
 }
 
-const LOAD_KEYS = new Set(['device', 'threads', 'dtype']);
+const LOAD_KEYS = new Set(['device', 'threads', 'dtype', 'kvCacheBytes', 'maxSequences']);
+const defaultKvCacheBytes = () => Math.min(Math.floor(os.totalmem() / 4), 16 * 2 ** 30);
 
 // Node defines Symbol.asyncDispose; a vm realm (jest) may not, and then uses the registry key.
 const asyncDispose: typeof Symbol.asyncDispose =
@@ -37,7 +47,8 @@ const asyncDispose: typeof Symbol.asyncDispose =
 function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
   if (o !== undefined && (typeof o !== 'object' || o === null)) throw new OptionError('[loadModel] options must be an object');
   for (const k of Object.keys(o ?? {}))
-    if (!LOAD_KEYS.has(k)) throw new OptionError(`[loadModel] unknown option ${k} (expected device, threads, dtype)`);
+    if (!LOAD_KEYS.has(k))
+      throw new OptionError(`[loadModel] unknown option ${k} (expected ${[...LOAD_KEYS].join(', ')})`);
   const device = o?.device ?? 'auto';
   if (!['auto', 'cpu', 'cuda'].includes(device))
     throw new OptionError(`[loadModel] option device must be 'auto', 'cpu' or 'cuda', got ${String(device)}`);
@@ -47,7 +58,13 @@ function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
   const dtype = o?.dtype ?? 'auto';
   if (!['auto', 'f32', 'f16', 'bf16'].includes(dtype))
     throw new OptionError(`[loadModel] option dtype must be 'auto', 'f32', 'f16' or 'bf16', got ${String(dtype)}`);
-  return { device, threads, dtype };
+  const kvCacheBytes = o?.kvCacheBytes ?? defaultKvCacheBytes();
+  if (typeof kvCacheBytes !== 'number' || !Number.isSafeInteger(kvCacheBytes) || kvCacheBytes <= 0)
+    throw new OptionError(`[loadModel] option kvCacheBytes must be a positive integer (bytes), got ${String(kvCacheBytes)}`);
+  const maxSequences = o?.maxSequences ?? 256;
+  if (!Number.isInteger(maxSequences) || maxSequences < 1 || maxSequences > 65536)
+    throw new OptionError(`[loadModel] option maxSequences must be an integer in [1, 65536], got ${String(maxSequences)}`);
+  return { device, threads, dtype, kvCacheBytes, maxSequences };
 }
 
 /** Loads a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, tokenizer). */
@@ -87,7 +104,20 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
   } else {
     engine = await load(opts.device);
   }
-  return new Model(ckpt.dir, c, ckpt.generationDefaults, tokenizer, engine, device);
+  const info = engine.info();
+  const capacityBlocks = Math.floor(opts.kvCacheBytes / info.kvBlockBytes);
+  const fullContext = Math.ceil(c.nPositions / info.kvBlockTokens);
+  if (capacityBlocks < 1) {
+    engine.dispose();
+    throw new OptionError(
+      `[loadModel] option kvCacheBytes=${opts.kvCacheBytes} is less than one KV block of this model ` +
+        `(${info.kvBlockBytes} bytes; one full ${c.nPositions}-position sequence needs ${fullContext * info.kvBlockBytes})`,
+    );
+  }
+  const admission = new Admission({
+    blockTokens: info.kvBlockTokens, blockBytes: info.kvBlockBytes, capacityBlocks, maxSequences: opts.maxSequences,
+  });
+  return new Model(ckpt.dir, c, ckpt.generationDefaults, tokenizer, engine, device, admission);
 }
 
 export class Model {
@@ -103,6 +133,7 @@ export class Model {
     readonly tokenizer: Gpt2Tokenizer,
     private readonly engine: NativeEngine,
     device: 'cpu' | 'cuda',
+    private readonly admission: Admission,
   ) {
     this.info = { ...engine.info(), dir, device };
     this.scheduler = new Scheduler(engine, config.vocabSize);
@@ -174,23 +205,35 @@ export class Model {
     const V = this.config.vocabSize;
     const out = new Float32Array(tokenIds.length * V);
     let filled = 0;
-    const id = await this.scheduler.exclusive((e) => e.newSequence(0));
+    const release = (await this.admission.acquire('logits', this.admission.blocksFor(0, tokenIds.length, 1), 1))!;
     try {
-      await prefill(this.scheduler, id, tokenIds, LogitsMode.All, (rows) => {
-        out.set(rows, filled);
-        filled += rows.length;
-      });
+      const id = await this.scheduler.exclusive((e) => e.newSequence(0));
+      try {
+        await prefill(this.scheduler, id, tokenIds, LogitsMode.All, (rows) => {
+          out.set(rows, filled);
+          filled += rows.length;
+        });
+      } finally {
+        this.scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
+      }
     } finally {
-      this.scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
+      release();
     }
     return out;
+  }
+
+  /** KV-cache admission: reserved blocks and running sequences against the budget, queued requests. */
+  kvStats(): KvStats {
+    return this.admission.stats();
   }
 
   /** Frees the native model; later calls throw DisposedError. Safe to call twice. */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    this.scheduler.close(new DisposedError('[model] the model was disposed while this call was running'));
+    const reason = new DisposedError('[model] the model was disposed while this call was running');
+    this.admission.close(reason);
+    this.scheduler.close(reason);
     this.engine.dispose();
   }
 
@@ -203,7 +246,7 @@ export class Model {
   }
 
   private context(): GenerationContext {
-    return { scheduler: this.scheduler, tokenizer: this.tokenizer, config: this.config };
+    return { scheduler: this.scheduler, admission: this.admission, tokenizer: this.tokenizer, config: this.config };
   }
 
   private encodePrompt(p: Prompt): [number[], string] {

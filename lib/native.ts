@@ -27,6 +27,9 @@ export interface NativeEngineInfo {
   backend: string;
   weightDtype: 'F32' | 'F16' | 'BF16';
   weightBytes: number;
+  /** Positions per KV-cache block, and the bytes of one block (all layers' K and V). */
+  kvBlockTokens: number;
+  kvBlockBytes: number;
 }
 
 /** One batched forward pass; item i covers tokens[sum(counts[0..i)) .. +counts[i]). */
@@ -80,6 +83,9 @@ export interface NativeAddon {
 
 let addon: NativeAddon | undefined;
 
+/** The native surface this facade was written for (native/core/backend.h kInterfaceVersion). */
+export const NATIVE_INTERFACE_VERSION = 2;
+
 /** Loads the compiled addon (a prebuild or build/Release) on first use. */
 export function native(): NativeAddon {
   if (addon) return addon;
@@ -89,7 +95,11 @@ export function native(): NativeAddon {
   try {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const load = require('node-gyp-build') as (dir: string) => unknown;
-    addon = load(root) as NativeAddon;
+    const loaded = load(root) as NativeAddon;
+    if (loaded.interfaceVersion !== NATIVE_INTERFACE_VERSION)
+      throw new Error(`the binary implements native interface ${String(loaded.interfaceVersion)}, ` +
+        `this facade needs ${NATIVE_INTERFACE_VERSION} (a stale build?)`);
+    addon = loaded;
   } catch (err) {
     throw new LlmcoreError(
       'E_NATIVE_LOAD',

@@ -157,6 +157,8 @@ Napi::Value EngineWrap::info(const Napi::CallbackInfo& info) {
   o.Set("backend", e->describe());
   o.Set("weightDtype", std::string(dtype_name(e->weight_dtype())));
   o.Set("weightBytes", double(e->weight_bytes()));
+  o.Set("kvBlockTokens", double(kBlockTokens));
+  o.Set("kvBlockBytes", double(e->kv_block_bytes()));
   return o;
 }
 

@@ -15,7 +15,9 @@
 
 namespace llmcore {
 
-inline constexpr int kInterfaceVersion = 1;
+// The N-API surface's version; lib/native.ts refuses a binary with another one. Bump it with
+// any change to what the addon exports or returns.
+inline constexpr int kInterfaceVersion = 2;
 
 // A matmul weight as stored in the checkpoint (host memory, usually the safetensors mapping).
 struct WeightView {

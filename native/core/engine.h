@@ -58,6 +58,8 @@ class Engine {
   void release_sequence(int32_t id);
   int64_t sequence_length(int32_t id);
   size_t kv_blocks_in_use();
+  // Bytes of one KV block (kBlockTokens positions of every layer's K and V).
+  size_t kv_block_bytes() const { return kv_->block_floats() * sizeof(float); }
 
   // Validates every item first (E_OPTION: unknown sequence, token out of range, length over
   // n_positions), then runs the batch.
