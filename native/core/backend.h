@@ -82,6 +82,9 @@ class Backend {
   virtual void download(float* dst_host, const float* src, size_t n_floats) = 0;
   virtual void copy(float* dst, const float* src, size_t n_floats) = 0;
   virtual void zero(float* dst, size_t n_floats) = 0;
+  // True when alloc() returns memory the host reads directly (the CPU backend): the engine then
+  // samples from the logits where they were computed instead of downloading a copy.
+  virtual bool host_addressable() const { return false; }
 
   // Converts a stored weight once, at load. compute is the dtype the weight is kept in.
   virtual std::unique_ptr<Weight> prepare_weight(const WeightView& w, DType compute) = 0;

@@ -144,9 +144,9 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
       out_rows.push_back(row + n - 1);
     n_out[i] = out_rows.size() - first_out[i];
   }
-  std::vector<float> logits(out_rows.size() * size_t(V));
-  model_->forward(tokens.data(), positions.data(), int(M), attn.data(), int(attn.size()),
-                  kv_->view(), out_rows.data(), int(out_rows.size()), logits.data());
+  // The logits are the model's own buffer (no per-step copy); sampling then edits them in place.
+  float* logits = model_->forward(tokens.data(), positions.data(), int(M), attn.data(), int(attn.size()),
+                                  kv_->view(), out_rows.data(), int(out_rows.size()));
 
   // 4) Extend the sequences; return the requested rows (copied before sampling changes them).
   StepResult result;
@@ -157,14 +157,14 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
     Sequence& s = seqs_[it.seq];
     s.tokens.insert(s.tokens.end(), it.tokens.begin(), it.tokens.end());
     if (it.logits != LogitsMode::None)
-      result.logits.insert(result.logits.end(), logits.begin() + int64_t(first_out[i]) * V,
-                           logits.begin() + int64_t(first_out[i] + n_out[i]) * V);
+      result.logits.insert(result.logits.end(), logits + int64_t(first_out[i]) * V,
+                           logits + int64_t(first_out[i] + n_out[i]) * V);
     if (it.sample) to_sample.push_back(int(i));
   }
   auto sample_one = [&](int64_t j, int tid) {
     const size_t i = size_t(to_sample[size_t(j)]);
     Sequence& s = seqs_.find(items[i].seq)->second;  // lookup only: safe from pool threads
-    result.sampled[i] = samplers_[size_t(tid)].pick(logits.data() + int64_t(first_out[i] + n_out[i] - 1) * V, V,
+    result.sampled[i] = samplers_[size_t(tid)].pick(logits + int64_t(first_out[i] + n_out[i] - 1) * V, V,
                                                     items[i].params, s.tokens, s.rng);
   };
   ThreadPool* pool = backend_->host_pool();

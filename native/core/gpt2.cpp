@@ -194,9 +194,9 @@ void Gpt2Model::ensure_activations(int M, int n_out) {
   }
 }
 
-void Gpt2Model::forward(const int32_t* tokens, const int32_t* positions, int M,
-                        const AttnSeq* seqs, int n_seqs, const KvView& kv,
-                        const int32_t* out_rows, int n_out, float* logits_host) {
+float* Gpt2Model::forward(const int32_t* tokens, const int32_t* positions, int M,
+                          const AttnSeq* seqs, int n_seqs, const KvView& kv,
+                          const int32_t* out_rows, int n_out) {
   const int64_t C = cfg_.n_embd, V = cfg_.vocab_size;
   const float eps = cfg_.layer_norm_epsilon;
   ensure_activations(M, n_out);
@@ -220,11 +220,15 @@ void Gpt2Model::forward(const int32_t* tokens, const int32_t* positions, int M,
     be.matmul(a.fc, 4 * C, M, *w.mlp_c_proj_w, w.mlp_c_proj_b, a.x, Epilogue::AddTo);  // x += mlp
     dump("ffn_resid", l, a.x, M, C);
   }
-  if (n_out == 0) return;
+  if (n_out == 0) return nullptr;
   be.gather_rows(a.x, out_rows, n_out, C, a.last);
   be.layernorm(a.last, n_out, C, ln_f_w_, ln_f_b_, eps, a.last_n);          dump("out_norm", -1, a.last_n, n_out, C);
   be.matmul(a.last_n, C, n_out, *lm_head_, nullptr, a.logits, Epilogue::Store);
-  be.download(logits_host, a.logits, size_t(n_out) * V);
+  if (be.host_addressable()) return a.logits;
+  // Kept between steps: 32 rows of GPT-2 logits are 6.4 MB, too much to allocate per step.
+  if (logits_host_.size() < size_t(n_out) * size_t(V)) logits_host_.resize(size_t(n_out) * size_t(V));
+  be.download(logits_host_.data(), a.logits, size_t(n_out) * V);
+  return logits_host_.data();
 }
 
 }  // namespace llmcore

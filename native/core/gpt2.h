@@ -41,10 +41,10 @@ class Gpt2Model {
   void set_debug_hook(DebugHook hook) { hook_ = std::move(hook); }
 
   // Runs M tokens of n_seqs sequences (each sequence's tokens are consecutive rows; see
-  // AttnSeq), writing their K/V into the cache, and returns the logits of rows out_rows into
-  // logits_host (n_out, V).
-  void forward(const int32_t* tokens, const int32_t* positions, int M, const AttnSeq* seqs,
-               int n_seqs, const KvView& kv, const int32_t* out_rows, int n_out, float* logits_host);
+  // AttnSeq), writing their K/V into the cache, and returns the logits of rows out_rows:
+  // (n_out, V) in host memory, valid (and writable, as scratch) until the next forward.
+  float* forward(const int32_t* tokens, const int32_t* positions, int M, const AttnSeq* seqs,
+                 int n_seqs, const KvView& kv, const int32_t* out_rows, int n_out);
 
  private:
   struct Layer {
@@ -81,6 +81,7 @@ class Gpt2Model {
   float *ln_f_w_ = nullptr, *ln_f_b_ = nullptr;
   std::unique_ptr<Weight> lm_head_;  // (V, C)
   Activations act_;
+  std::vector<float> logits_host_;  // backends the host cannot read: the downloaded logits
   DebugHook hook_;
 };
 
