@@ -224,6 +224,7 @@ float* Gpt2Model::forward(const int32_t* tokens, const int32_t* positions, int M
   be.gather_rows(a.x, out_rows, n_out, C, a.last);
   be.layernorm(a.last, n_out, C, ln_f_w_, ln_f_b_, eps, a.last_n);          dump("out_norm", -1, a.last_n, n_out, C);
   be.matmul(a.last_n, C, n_out, *lm_head_, nullptr, a.logits, Epilogue::Store);
+  dump("logits", -1, a.logits, n_out, V);
   if (be.host_addressable()) return a.logits;
   // Kept between steps: 32 rows of GPT-2 logits are 6.4 MB, too much to allocate per step.
   if (logits_host_.size() < size_t(n_out) * size_t(V)) logits_host_.resize(size_t(n_out) * size_t(V));

@@ -21,8 +21,9 @@ struct Gpt2Config {
   bool tie_word_embeddings = true;
 };
 
-// Called after each named intermediate when set (e.g. "attn_norm", layer 3): a debugging hook to
-// find the first place two backends differ. data is backend memory of rows x cols floats.
+// Called after each op of the forward with its output (e.g. "attn_norm", layer 3) when set: to
+// find the first place two backends differ, or, timed, where a step's time goes
+// (native/tests/engine_bench.cpp). data is backend memory of rows x cols floats.
 using DebugHook = std::function<void(const char* name, int layer, const float* data, int rows, int64_t cols)>;
 
 class Gpt2Model {

@@ -27,9 +27,7 @@ std::string CpuBackend::describe() const {
 
 float* CpuBackend::alloc(size_t n_floats) {
   const size_t bytes = std::max<size_t>(64, (n_floats * sizeof(float) + 63) / 64 * 64);
-  // Big buffers (KV cache chunks, ~38 MiB for the 124M model) are streamed by the attention
-  // every step: huge pages, like the weights. Small ones (activations) stay on the heap.
-  void* p = bytes >= (size_t(16) << 20) ? alloc_huge(bytes) : std::aligned_alloc(64, bytes);
+  void* p = std::aligned_alloc(64, bytes);
   if (!p) throw Error(E_OOM, "[cpu] cannot allocate " + std::to_string(bytes) + " bytes");
   return static_cast<float*>(p);
 }
@@ -37,7 +35,16 @@ void CpuBackend::release(float* p) { std::free(p); }
 void CpuBackend::upload(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
 void CpuBackend::download(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
 void CpuBackend::copy(float* dst, const float* src, size_t n) { std::memcpy(dst, src, n * 4); }
-void CpuBackend::zero(float* dst, size_t n) { std::memset(dst, 0, n * 4); }
+void CpuBackend::zero(float* dst, size_t n) {
+  // A new KV chunk (~38 MB for the 124M model) is fresh memory: its page faults and clearing
+  // are what this costs, so spread them over the threads.
+  constexpr size_t kPiece = size_t(1) << 18;  // floats (1 MiB)
+  if (n < 2 * kPiece) return (void)std::memset(dst, 0, n * 4);
+  pool_.parallel_for(int64_t((n + kPiece - 1) / kPiece), [&](int64_t i, int) {
+    const size_t from = size_t(i) * kPiece;
+    std::memset(dst + from, 0, std::min(kPiece, n - from) * 4);
+  });
+}
 
 std::unique_ptr<Weight> CpuBackend::prepare_weight(const WeightView& w, DType compute) {
   return pack_weight(w, compute, isa_, pool_, weights_);
