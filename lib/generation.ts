@@ -207,7 +207,7 @@ export async function runPrompt(
   onChunk?: (c: StreamChunk) => void,
 ): Promise<GenerationResult> {
   const start = performance.now();
-  const { config } = ctx;
+  const { scheduler, admission, config } = ctx;
   if (promptTokens.length === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
   checkTokenIds(promptTokens, config, 'generate');
   const budget = newTokenBudget(opts, promptTokens.length, config);
@@ -236,64 +236,49 @@ export async function runPrompt(
   // Wait for room in the KV cache: P - 1 prompt positions shared, each sequence grows to
   // P + budget - 1 (its last sampled token is never fed).
   const P = promptTokens.length;
-  const admission = ctx.admission;
   const release = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, n), n, opts.signal);
   if (!release) return result(empty('abort'), 0);
   try {
-    return await decodeAdmitted(ctx, promptTokens, budget, opts, result, empty, onChunk);
+    // The prompt but its last token goes into one sequence; forks share that KV cache; each then
+    // feeds the last prompt token and samples its own continuation.
+    const parent = await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)));
+    const releaseAll = (ids: number[]) =>
+      scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
+    let ids: number[];
+    try {
+      if (promptTokens.length > 1)
+        await prefill(scheduler, parent, promptTokens.slice(0, -1), LogitsMode.None, undefined, opts.signal);
+      ids = await scheduler.exclusive((e) => {
+        const forks: number[] = [parent];
+        try {
+          for (let i = 1; i < n && !opts.signal?.aborted; i++) forks.push(e.forkSequence(parent, seedFor(opts.seed, i)));
+        } catch (err) {
+          forks.forEach((id) => e.releaseSequence(id));
+          throw err;
+        }
+        return forks;
+      });
+    } catch (err) {
+      void releaseAll([parent]);
+      throw err;
+    }
+    if (opts.signal?.aborted) {
+      void releaseAll(ids);
+      return result(empty('abort'), 0);
+    }
+    const last = promptTokens[promptTokens.length - 1];
+    const runs = ids.map((id, i) => new SequenceRun(id, i, last, budget, ctx, opts, onChunk));
+    const onAbort = () => runs.forEach((r) => r.abort());
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      runs.forEach((r) => scheduler.add(r));
+      await Promise.all(runs.map((r) => r.finished));
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    const firstAt = Math.max(...runs.map((r) => r.firstTokenAt));
+    return result(runs.map((r) => r.out), firstAt);
   } finally {
     release();
   }
-}
-
-async function decodeAdmitted(
-  ctx: GenerationContext,
-  promptTokens: number[],
-  budget: number,
-  opts: ResolvedOptions,
-  result: (sequences: GeneratedSequence[], firstAt: number) => GenerationResult,
-  empty: (reason: FinishReason) => GeneratedSequence[],
-  onChunk?: (c: StreamChunk) => void,
-): Promise<GenerationResult> {
-  const { scheduler } = ctx;
-  const n = opts.numReturnSequences;
-  // The prompt but its last token goes into one sequence; forks share that KV cache; each then
-  // feeds the last prompt token and samples its own continuation.
-  const parent = await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)));
-  const releaseAll = (ids: number[]) =>
-    scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
-  let ids: number[];
-  try {
-    if (promptTokens.length > 1)
-      await prefill(scheduler, parent, promptTokens.slice(0, -1), LogitsMode.None, undefined, opts.signal);
-    ids = await scheduler.exclusive((e) => {
-      const forks: number[] = [parent];
-      try {
-        for (let i = 1; i < n && !opts.signal?.aborted; i++) forks.push(e.forkSequence(parent, seedFor(opts.seed, i)));
-      } catch (err) {
-        forks.forEach((id) => e.releaseSequence(id));
-        throw err;
-      }
-      return forks;
-    });
-  } catch (err) {
-    void releaseAll([parent]);
-    throw err;
-  }
-  if (opts.signal?.aborted) {
-    void releaseAll(ids);
-    return result(empty('abort'), 0);
-  }
-  const last = promptTokens[promptTokens.length - 1];
-  const runs = ids.map((id, i) => new SequenceRun(id, i, last, budget, ctx, opts, onChunk));
-  const onAbort = () => runs.forEach((r) => r.abort());
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
-  try {
-    runs.forEach((r) => scheduler.add(r));
-    await Promise.all(runs.map((r) => r.finished));
-  } finally {
-    opts.signal?.removeEventListener('abort', onAbort);
-  }
-  const firstAt = Math.max(...runs.map((r) => r.firstTokenAt));
-  return result(runs.map((r) => r.out), firstAt);
 }
