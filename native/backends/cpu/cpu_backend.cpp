@@ -80,20 +80,27 @@ void CpuBackend::matmul(const float* x, int64_t ldx, int M, const Weight& W, con
 void CpuBackend::kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
                           int layer) {
   const int64_t C = kv.C, HS = C / kv.NH;
-  for (int s = 0; s < n_seqs; s++) {
-    for (int i = 0; i < seqs[s].n_new; i++) {
-      const int64_t t = seqs[s].past + i;
-      float* layer_kv = kv.block_ptr[seqs[s].blocks[t / kBlockTokens]] + int64_t(layer) * 2 * kBlockTokens * C;
-      const int64_t slot = t % kBlockTokens;
-      const float* row = qkv + int64_t(seqs[s].row + i) * 3 * C;
-      for (int h = 0; h < kv.NH; h++) {  // layout in backend.h: head by head, K transposed
-        float* k = layer_kv + h * kBlockTokens * HS + slot;
-        float* v = layer_kv + kBlockTokens * C + h * kBlockTokens * HS + slot * HS;
-        for (int64_t d = 0; d < HS; d++) k[d * kBlockTokens] = row[C + h * HS + d];
-        std::memcpy(v, row + 2 * C + h * HS, HS * sizeof(float));
-      }
+  // One task per (sequence, head). K is stored transposed (backend.h): a block's slots for one
+  // dim are 16 consecutive floats, so the new positions are written dim by dim, a block at a
+  // time, and a prefill fills whole 64-byte lines instead of touching a line per float.
+  pool_.parallel_for(int64_t(n_seqs) * kv.NH, [&](int64_t task, int) {
+    const AttnSeq& s = seqs[task / kv.NH];
+    const int h = int(task % kv.NH);
+    const int64_t end = int64_t(s.past) + s.n_new;
+    for (int64_t t0 = s.past; t0 < end;) {
+      const int64_t t1 = std::min<int64_t>(end, (t0 / kBlockTokens + 1) * kBlockTokens);
+      float* layer_kv = kv.block_ptr[s.blocks[t0 / kBlockTokens]] + int64_t(layer) * 2 * kBlockTokens * C;
+      float* k = layer_kv + h * kBlockTokens * HS;
+      float* v = layer_kv + kBlockTokens * C + h * kBlockTokens * HS;
+      const float* rows = qkv + (int64_t(s.row) + (t0 - s.past)) * 3 * C + h * HS;
+      const int64_t slot0 = t0 % kBlockTokens, n = t1 - t0;
+      for (int64_t d = 0; d < HS; d++)
+        for (int64_t i = 0; i < n; i++) k[d * kBlockTokens + slot0 + i] = rows[i * 3 * C + C + d];
+      for (int64_t i = 0; i < n; i++)
+        std::memcpy(v + (slot0 + i) * HS, rows + i * 3 * C + 2 * C, size_t(HS) * sizeof(float));
+      t0 = t1;
     }
-  }
+  });
 }
 
 void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
