@@ -107,18 +107,30 @@ void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, co
                            int layer, float* out) {
   const int64_t C = kv.C, HS = C / kv.NH;
   if (HS > 256) throw Error(E_OPTION, "[attention] head size " + std::to_string(HS) + " > 256");
-  // Tasks: (sequence, head, chunk of up to kRows new tokens), head by head, and in each head the
-  // costlier (later) chunks first. Consecutive tasks then share a head, whose K and V (256 KB
-  // at 512 tokens) can stay in the L2 of the threads working on it, instead of hopping between
-  // heads as an order by cost alone did (no difference measurable on this noisy 2-core host).
+  // Tasks: (sequence, heads, chunk of up to kRows new tokens).
+  // Prefill chunks: one head per task, head by head, and in each head the costlier (later)
+  // chunks first. Consecutive tasks then share a head, whose K and V (256 KB at 512 tokens)
+  // can stay in the L2 of the threads working on it.
+  // A sequence with one chunk (decode): several heads per task, as many as still leaves >= 4
+  // tasks per thread. A block's heads are neighbours in memory (backend.h), so a task then
+  // reads 48 KB runs instead of 4 KB pieces of pages far apart: batch-32 decode attention, which
+  // reads the whole cache from DRAM every step, took 15% less time (steps alternating in one
+  // process, 3 runs).
   constexpr int kRows = 16;
   tasks_.clear();
-  int64_t max_keys = 0;
+  int64_t max_keys = 0, single_chunk = 0;
+  for (int s = 0; s < n_seqs; s++) single_chunk += seqs[s].n_new <= kRows;
+  const int decode_heads = int(std::clamp<int64_t>(single_chunk * kv.NH / (4 * pool_.size()), 1, kv.NH));
   for (int s = 0; s < n_seqs; s++) {
     max_keys = std::max<int64_t>(max_keys, seqs[s].past + seqs[s].n_new);
+    if (seqs[s].n_new <= kRows) {
+      for (int h = 0; h < kv.NH; h += decode_heads)
+        tasks_.push_back({s, h, std::min(decode_heads, kv.NH - h), 0, seqs[s].n_new});
+      continue;
+    }
     for (int h = 0; h < kv.NH; h++)
       for (int r0 = (seqs[s].n_new - 1) / kRows * kRows; r0 >= 0; r0 -= kRows)
-        tasks_.push_back({s, h, r0, std::min(kRows, seqs[s].n_new - r0)});
+        tasks_.push_back({s, h, 1, r0, std::min(kRows, seqs[s].n_new - r0)});
   }
   const size_t scratch_per_thread = 8 * size_t(max_keys + 16);  // see ops_kernels.h
   if (attn_scratch_.size() < scratch_per_thread * pool_.size())
@@ -129,8 +141,9 @@ void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, co
     const AttnSeq& s = seqs[t.seq];
     float* scratch = attn_scratch_.data() + size_t(tid) * scratch_per_thread;
     auto kernel = isa_ >= Isa::Avx2 ? avx2::attention_head_rows : scalar::attention_head_rows;
-    kernel(qkv, C, HS, t.head, s.row + t.r0, s.past + t.r0, t.rows, kv.block_ptr, s.blocks, k_off,
-           v_off, scratch, out);
+    for (int h = t.head; h < t.head + t.heads; h++)
+      kernel(qkv, C, HS, h, s.row + t.r0, s.past + t.r0, t.rows, kv.block_ptr, s.blocks, k_off,
+             v_off, scratch, out);
   });
 }
 

@@ -48,7 +48,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   WeightArena weights_;
   std::vector<float> attn_scratch_;  // (threads, 8 x max keys): see ops_kernels.h
-  struct AttnTask { int32_t seq, head, r0, rows; };
+  struct AttnTask { int32_t seq, head, heads, r0, rows; };  // heads [head, head + heads)
   std::vector<AttnTask> tasks_;      // attention's work list, kept to reuse its memory
 };
 
