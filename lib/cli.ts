@@ -4,7 +4,7 @@ import { createRandomCheckpoint, type CheckpointDtype, type CheckpointPreset } f
 import { backendInfo } from './diagnostics';
 import { LlmcoreError } from './errors';
 import type { GenerationResult } from './generation';
-import { loadModel, type Device, type WeightDtype } from './model';
+import { loadModel, type Device, type KvCacheDtype, type WeightDtype } from './model';
 import type { GenerateOptions } from './options';
 
 const USAGE = `usage:
@@ -12,7 +12,7 @@ const USAGE = `usage:
       --max-length N  --max-new-tokens N  --num-return-sequences N
       --do-sample | --greedy  --temperature T  --top-k K  --top-p P
       --repetition-penalty R  --seed N  --stop STRING (repeatable)
-      --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16
+      --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype f32|f16
       --stream (print tokens as they come; one sequence)  --json
   llmcore create-random --out DIR [--preset tiny|small|124M] [--dtype f32|f16|bf16] [--seed N]
       [--layout bare|prefixed]
@@ -45,6 +45,7 @@ async function generate(args: string[]): Promise<number> {
       device: { type: 'string' },
       threads: { type: 'string' },
       dtype: { type: 'string' },
+      'kv-cache-dtype': { type: 'string' },
       stream: { type: 'boolean' },
       json: { type: 'boolean' },
     },
@@ -58,6 +59,7 @@ async function generate(args: string[]): Promise<number> {
     device: values.device as Device | undefined,
     threads: number('threads', values.threads),
     dtype: values.dtype as WeightDtype | undefined,
+    kvCacheDtype: values['kv-cache-dtype'] as KvCacheDtype | undefined,
   });
   try {
     const opts: GenerateOptions = {

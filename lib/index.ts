@@ -1,6 +1,6 @@
 // llmcore: GPT-2 family language models from Node, on our own C++ engine.
 export { loadModel, Model } from './model';
-export type { Device, LoadOptions, ModelInfo, Prompt, WeightDtype } from './model';
+export type { Device, KvCacheDtype, LoadOptions, ModelInfo, Prompt, WeightDtype } from './model';
 export type { KvStats } from './admission';
 export type { GenerateOptions } from './options';
 export type {

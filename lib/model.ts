@@ -13,6 +13,7 @@ import { Gpt2Tokenizer } from './tokenizer';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
 export type WeightDtype = 'auto' | 'f32' | 'f16' | 'bf16';
+export type KvCacheDtype = 'f32' | 'f16';
 
 export interface LoadOptions {
   /** 'auto' (default): CUDA when a CUDA backend can start, else the CPU. */
@@ -28,6 +29,12 @@ export interface LoadOptions {
   kvCacheBytes?: number;
   /** Sequences decoding at once, the largest step batch (default 256); more wait. */
   maxSequences?: number;
+  /**
+   * KV-cache element type: 'f32' (default, exact) or 'f16' (half the memory, so twice the
+   * sequences fit in kvCacheBytes, and half of attention's memory traffic; K and V are rounded
+   * to f16 when stored).
+   */
+  kvCacheDtype?: KvCacheDtype;
 }
 
 export type Prompt = string | number[];
@@ -37,7 +44,7 @@ export interface ModelInfo extends NativeEngineInfo {
   device: 'cpu' | 'cuda';
 }
 
-const LOAD_KEYS = new Set(['device', 'threads', 'dtype', 'kvCacheBytes', 'maxSequences']);
+const LOAD_KEYS = new Set(['device', 'threads', 'dtype', 'kvCacheBytes', 'maxSequences', 'kvCacheDtype']);
 const defaultKvCacheBytes = () => Math.min(Math.floor(os.totalmem() / 4), 16 * 2 ** 30);
 
 // Node defines Symbol.asyncDispose; a vm realm (jest) may not, and then uses the registry key.
@@ -64,7 +71,10 @@ function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
   const maxSequences = o?.maxSequences ?? 256;
   if (!Number.isInteger(maxSequences) || maxSequences < 1 || maxSequences > 65536)
     throw new OptionError(`[loadModel] option maxSequences must be an integer in [1, 65536], got ${String(maxSequences)}`);
-  return { device, threads, dtype, kvCacheBytes, maxSequences };
+  const kvCacheDtype = o?.kvCacheDtype ?? 'f32';
+  if (!['f32', 'f16'].includes(kvCacheDtype))
+    throw new OptionError(`[loadModel] option kvCacheDtype must be 'f32' or 'f16', got ${String(kvCacheDtype)}`);
+  return { device, threads, dtype, kvCacheBytes, maxSequences, kvCacheDtype };
 }
 
 /** Loads a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, tokenizer). */
@@ -89,6 +99,7 @@ export async function loadModel(dir: string, options?: LoadOptions): Promise<Mod
         device,
         threads: opts.threads,
         dtype: opts.dtype,
+        kvDtype: opts.kvCacheDtype,
       }),
     );
   let engine: NativeEngine;

@@ -16,6 +16,7 @@ export interface NativeLoadOptions {
   device: string;
   threads: number;
   dtype: 'auto' | 'f32' | 'f16' | 'bf16';
+  kvDtype: 'f32' | 'f16';
 }
 
 export interface NativeEngineInfo {
@@ -30,6 +31,8 @@ export interface NativeEngineInfo {
   /** Positions per KV-cache block, and the bytes of one block (all layers' K and V). */
   kvBlockTokens: number;
   kvBlockBytes: number;
+  /** KV-cache element type. */
+  kvDtype: 'f32' | 'f16';
 }
 
 /** One batched forward pass; item i covers tokens[sum(counts[0..i)) .. +counts[i]). */
@@ -84,7 +87,7 @@ export interface NativeAddon {
 let addon: NativeAddon | undefined;
 
 /** The native surface this facade was written for (native/core/backend.h kInterfaceVersion). */
-export const NATIVE_INTERFACE_VERSION = 2;
+export const NATIVE_INTERFACE_VERSION = 3;
 
 /** Loads the compiled addon (a prebuild or build/Release) on first use. */
 export function native(): NativeAddon {

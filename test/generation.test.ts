@@ -80,6 +80,10 @@ describe('KV-cache decoding equals full recomputation', () => {
     await checkGreedy(await model({ preset: 'tiny', dtype: 'f16' }), tokenSequence(6, 8), 24, 1.3);
     await checkGreedy(await model(TINY, { device: 'cpu', dtype: 'bf16' }), tokenSequence(6, 8), 24, 1.3);
   });
+
+  test('an f16 KV cache (prefill and decode both read the rounded K/V back from the cache)', async () => {
+    await checkGreedy(await model(SMALL, { device: 'cpu', kvCacheDtype: 'f16' }), tokenSequence(20, 2), 20, 1.2);
+  });
 });
 
 // -------------------------------------------------------------------------------------------

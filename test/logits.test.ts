@@ -18,7 +18,7 @@
 //   rounding 2^-8 = 3.9e-3 per weight; measured 5.0e-3): ~4x headroom. These two compare against
 //   the reference of the *f32* values, so they measure the conversion's rounding, not a bug.
 import { LlmcoreError, ModelFormatError, type Model, loadModel } from '../lib';
-import { loadGpt2Reference, type Gpt2Reference } from './reference/gpt2-f64';
+import { loadGpt2Reference, roundToFloat16, type Gpt2Reference } from './reference/gpt2-f64';
 import {
   checkpoint, mutableCopy, readJsonFile, replaceFile, rewriteSafetensors, tokenSequence,
   type CheckpointOptions,
@@ -169,6 +169,69 @@ describe('f32 checkpoints converted at load', () => {
   test('to f16 (tiny, T=20) within F16_LOAD_TOL', async () => {
     const { model } = await check('tiny f32 -> f16', await checkpoint({ preset: 'tiny' }), tokenSequence(20, 7), F16_LOAD_TOL, 'f16');
     expect(model.info.weightDtype).toBe('F16');
+  });
+});
+
+describe('f16 KV cache (kvCacheDtype f16)', () => {
+  // The reference rounds its float64 K and V to f16 where the engine rounds its fp32 ones, so a
+  // value right at a rounding boundary can land one f16 step (2^-11 relative) apart. Measured
+  // against the f16-rounded reference: tiny 1.2e-6, small 2.3e-5 (T=37); against the plain one
+  // (the rounding itself): 9.1e-5, 2.7e-4. KV_F16_TOL 1e-4: 4x the measured, and the test also
+  // requires the f16 cache to be closer to the rounded reference than to the plain one.
+  const KV_F16_TOL = 1e-4;
+  const models: Model[] = [];
+  afterAll(() => models.forEach((m) => m.dispose()));
+  const loadF16 = async (dir: string) => {
+    const m = await loadModel(dir, { device: 'cpu', kvCacheDtype: 'f16' });
+    models.push(m);
+    return m;
+  };
+
+  test.each([
+    ['tiny', 37, T37],
+    ['small', 37, T37],
+    ['tiny', 1, [464]],
+  ] as const)('%s, T=%d: logits match the reference with K/V rounded to f16', async (preset, _, tokens) => {
+    const dir = await checkpoint({ preset });
+    const m = await loadF16(dir);
+    expect(m.info.kvDtype).toBe('f16');
+    const got = await m.logits([...tokens]);
+    const V = m.config.vocabSize;
+    const d = maxAbsDiff(got, refFor(dir).logits([...tokens], { kvF16: true }), V);
+    measured.push(`${preset} kv f16 vs f16-rounded reference (T=${tokens.length}): ${d.toExponential(2)} (bound ${KV_F16_TOL})`);
+    expect(d).toBeLessThanOrEqual(KV_F16_TOL);
+    if (tokens.length > 1) {
+      const plain = maxAbsDiff(got, refFor(dir).logits([...tokens]), V);
+      measured.push(`${preset} kv f16 vs the unrounded reference (T=${tokens.length}): ${plain.toExponential(2)}`);
+      expect(plain).toBeGreaterThan(d); // the cache really holds f16
+    }
+  });
+
+  test('the reference rounding: nearest f16, ties to even, subnormals, clamp at 65504', () => {
+    expect(roundToFloat16(1 / 3)).toBe(0.333251953125);
+    expect(roundToFloat16(2049)).toBe(2048); // tie: even significand
+    expect(roundToFloat16(2051)).toBe(2052); // tie: even significand
+    expect(roundToFloat16(-1.00048828125)).toBe(-1); // 1 + 2^-11: a tie, down to even
+    expect(roundToFloat16(2 ** -24 * 0.49)).toBe(0);
+    expect(roundToFloat16(2 ** -24 * 0.51)).toBe(2 ** -24);
+    expect(roundToFloat16(2 ** -24 * 2.5)).toBe(2 ** -23); // subnormal tie to even
+    expect(roundToFloat16(65519)).toBe(65504);
+    expect(roundToFloat16(-1e9)).toBe(-65504);
+  });
+
+  test('a block holds half the bytes, so kvCacheBytes admits twice the blocks', async () => {
+    const dir = await checkpoint({ preset: 'tiny' });
+    const f32 = await load(dir);
+    const f16 = await loadF16(dir);
+    expect(f32.info.kvDtype).toBe('f32');
+    expect(f16.info.kvBlockBytes * 2).toBe(f32.info.kvBlockBytes);
+    const c = f16.config;
+    expect(f16.info.kvBlockBytes).toBe(c.nLayer * 2 * 16 * c.nEmbd * 2);
+  });
+
+  test("an unknown kvCacheDtype is an OptionError naming the option", async () => {
+    const dir = await checkpoint({ preset: 'tiny' });
+    await expect(loadModel(dir, { kvCacheDtype: 'bf16' as never })).rejects.toThrow(/kvCacheDtype must be 'f32' or 'f16', got bf16/);
   });
 });
 

@@ -137,6 +137,7 @@ Napi::Value EngineWrap::load(const Napi::CallbackInfo& info) {
   if (tie.IsBoolean()) opts.config.tie_word_embeddings = tie.As<Napi::Boolean>().Value();
   if (o.Get("device").IsString()) opts.device = o.Get("device").As<Napi::String>().Utf8Value();
   if (o.Get("dtype").IsString()) opts.dtype = o.Get("dtype").As<Napi::String>().Utf8Value();
+  if (o.Get("kvDtype").IsString()) opts.kv_dtype = o.Get("kvDtype").As<Napi::String>().Utf8Value();
   opts.threads = int(get_int(o, "threads", 0));
   auto* worker = new LoadWorker(env, std::move(opts));
   Napi::Promise p = worker->promise();
@@ -159,6 +160,7 @@ Napi::Value EngineWrap::info(const Napi::CallbackInfo& info) {
   o.Set("weightBytes", double(e->weight_bytes()));
   o.Set("kvBlockTokens", double(kBlockTokens));
   o.Set("kvBlockBytes", double(e->kv_block_bytes()));
+  o.Set("kvDtype", std::string(e->kv_dtype() == DType::F16 ? "f16" : "f32"));
   return o;
 }
 

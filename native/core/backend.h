@@ -17,7 +17,7 @@ namespace llmcore {
 
 // The N-API surface's version; lib/native.ts refuses a binary with another one. Bump it with
 // any change to what the addon exports or returns.
-inline constexpr int kInterfaceVersion = 2;
+inline constexpr int kInterfaceVersion = 3;
 
 // A matmul weight as stored in the checkpoint (host memory, usually the safetensors mapping).
 struct WeightView {
@@ -45,19 +45,23 @@ enum class Epilogue : uint8_t {
   AddTo = 2,  // y += x W^T + b (residual)
 };
 
-// Paged KV cache storage. Block b holds, for every layer l, K then V for kBlockTokens positions,
-// head by head (a head's part is 16 x HS floats, contiguous: attention reads 4 KB runs):
-//   K of position t, head h, dim d: block_ptr[b] + l * 2 * kBlockTokens * C
+// Paged KV cache storage, in elements of kv.dtype: F32, or F16 (half the memory and traffic;
+// values are rounded to f16 when stored, clamped to +-65504, and attention reads them back
+// widened to fp32). Block b holds, for every layer l, K then V for kBlockTokens positions,
+// head by head (a head's part is 16 x HS elements, contiguous: attention reads 4 KB runs):
+//   K of position t, head h, dim d: element l * 2 * kBlockTokens * C
 //                                   + h * kBlockTokens * HS + d * kBlockTokens + t
-//   V of position t, head h, dim d: block_ptr[b] + l * 2 * kBlockTokens * C + kBlockTokens * C
+//   V of position t, head h, dim d: element l * 2 * kBlockTokens * C + kBlockTokens * C
 //                                   + h * kBlockTokens * HS + t * HS + d
-// (t = position % kBlockTokens). K is stored transposed, dims by positions, so a query's scores
-// for a block's 16 positions are one vector FMA chain over d, with no horizontal sums.
+// of block_ptr[b] (t = position % kBlockTokens). K is stored transposed, dims by positions, so a
+// query's scores for a block's 16 positions are one vector FMA chain over d, with no
+// horizontal sums.
 inline constexpr int kBlockTokens = 16;
 struct KvView {
-  float* const* block_ptr;  // backend memory; indexed by block id
+  void* const* block_ptr;  // backend memory; indexed by block id
   int64_t C;
   int NH;
+  DType dtype;             // F32 or F16
 };
 
 // One sequence's slice of a batch. Its n_new tokens are rows [row, row + n_new) of the batch and

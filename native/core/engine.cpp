@@ -12,7 +12,10 @@ std::unique_ptr<Engine> Engine::create(const EngineOptions& o) {
   e->backend_ = create_backend(o.device, o.threads);
   e->model_ = Gpt2Model::load(*e->backend_, o.files, o.config, o.dtype);
   const Gpt2Config& c = e->model_->config();
-  e->kv_ = std::make_unique<KvCache>(*e->backend_, int(c.n_layer), c.n_embd, int(c.n_head));
+  if (o.kv_dtype != "f32" && o.kv_dtype != "f16")
+    throw Error(E_OPTION, "[engine] kvCacheDtype '" + o.kv_dtype + "': expected 'f32' or 'f16'");
+  e->kv_ = std::make_unique<KvCache>(*e->backend_, int(c.n_layer), c.n_embd, int(c.n_head),
+                                     o.kv_dtype == "f16" ? DType::F16 : DType::F32);
   ThreadPool* pool = e->backend_->host_pool();
   e->samplers_.resize(pool ? size_t(pool->size()) : 1);
   return e;

@@ -23,6 +23,7 @@ struct EngineOptions {
   std::string device = "cpu";
   int threads = 0;                 // <= 0: one per core
   std::string dtype = "auto";      // matmul weight dtype: auto | f32 | f16 | bf16
+  std::string kv_dtype = "f32";    // KV-cache element dtype: f32 | f16
 };
 
 enum class LogitsMode : uint8_t { None = 0, Last = 1, All = 2 };
@@ -59,7 +60,8 @@ class Engine {
   int64_t sequence_length(int32_t id);
   size_t kv_blocks_in_use();
   // Bytes of one KV block (kBlockTokens positions of every layer's K and V).
-  size_t kv_block_bytes() const { return kv_->block_floats() * sizeof(float); }
+  size_t kv_block_bytes() const { return kv_->block_bytes(); }
+  DType kv_dtype() const { return kv_->dtype(); }
 
   // Validates every item first (E_OPTION: unknown sequence, token out of range, length over
   // n_positions), then runs the batch.

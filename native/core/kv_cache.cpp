@@ -1,11 +1,23 @@
 #include "core/kv_cache.h"
 
+#include <string>
+
 #include "core/errors.h"
 
 namespace llmcore {
 
-KvCache::KvCache(Backend& backend, int n_layer, int64_t C, int NH)
-    : backend_(backend), C_(C), NH_(NH), block_floats_(size_t(n_layer) * 2 * kBlockTokens * C) {}
+namespace {
+DType checked(DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::F16)
+    throw Error(E_OPTION, std::string("[kv-cache] dtype ") + dtype_name(dtype) + ": expected f32 or f16");
+  return dtype;
+}
+}  // namespace
+
+KvCache::KvCache(Backend& backend, int n_layer, int64_t C, int NH, DType dtype)
+    : backend_(backend), C_(C), NH_(NH), dtype_(checked(dtype)),
+      // 2 * 16 * C elements per layer: a whole number of floats for f16 too.
+      block_floats_(size_t(n_layer) * 2 * kBlockTokens * size_t(C) * dtype_size(dtype) / sizeof(float)) {}
 
 KvCache::~KvCache() {
   for (float* c : chunks_) backend_.release(c);
@@ -40,7 +52,8 @@ void KvCache::release(int32_t block) {
 }
 
 void KvCache::copy_block(int32_t dst, int32_t src) {
-  backend_.copy(ptrs_[size_t(dst)], ptrs_[size_t(src)], block_floats_);
+  backend_.copy(static_cast<float*>(ptrs_[size_t(dst)]), static_cast<const float*>(ptrs_[size_t(src)]),
+                block_floats_);
 }
 
 }  // namespace llmcore

@@ -12,7 +12,8 @@ namespace llmcore {
 
 class KvCache {
  public:
-  KvCache(Backend& backend, int n_layer, int64_t C, int NH);
+  // dtype: F32 or F16 (see KvView in backend.h); Error(E_OPTION) otherwise.
+  KvCache(Backend& backend, int n_layer, int64_t C, int NH, DType dtype);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -23,8 +24,9 @@ class KvCache {
   int32_t refcount(int32_t block) const { return refs_[size_t(block)]; }
   void copy_block(int32_t dst, int32_t src);
 
-  KvView view() const { return KvView{ptrs_.data(), C_, NH_}; }
-  size_t block_floats() const { return block_floats_; }
+  KvView view() const { return KvView{ptrs_.data(), C_, NH_, dtype_}; }
+  DType dtype() const { return dtype_; }
+  size_t block_bytes() const { return block_floats_ * sizeof(float); }
   size_t blocks_in_use() const { return ptrs_.size() - free_.size(); }
   size_t blocks_total() const { return ptrs_.size(); }
 
@@ -33,9 +35,10 @@ class KvCache {
   Backend& backend_;
   int64_t C_;
   int NH_;
-  size_t block_floats_;
+  DType dtype_;
+  size_t block_floats_;  // a block's size in floats (backend memory is allocated in floats)
   std::vector<float*> chunks_;
-  std::vector<float*> ptrs_;
+  std::vector<void*> ptrs_;
   std::vector<int32_t> refs_;
   std::vector<int32_t> free_;
 };

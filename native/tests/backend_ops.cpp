@@ -147,8 +147,21 @@ void test_matmul(Backend& be, const std::string& name, bool bf16_dot, bool quick
         }
 }
 
-// kv_store + attention over a paged cache holding `past` random positions per sequence.
-void test_attention(Backend& be, const std::string& name, bool quick, std::vector<OpCase>& out, Rand& rng) {
+// The cache's elements as floats (f16 widened), for comparing two caches.
+std::vector<float> kv_elements(const std::vector<float>& pool, DType dtype) {
+  if (dtype == DType::F32) return pool;
+  std::vector<uint16_t> h(pool.size() * 2);
+  std::memcpy(h.data(), pool.data(), h.size() * 2);
+  std::vector<float> f(h.size());
+  for (size_t i = 0; i < h.size(); i++) f[i] = f16_to_f32(h[i]);
+  return f;
+}
+
+// kv_store + attention over a paged cache (fp32 or f16 elements) holding `past` random positions
+// per sequence.
+void test_attention(Backend& be, const std::string& name, bool quick, DType kv_dtype,
+                    std::vector<OpCase>& out, Rand& rng) {
+  const bool f16 = kv_dtype == DType::F16;
   struct Case { int NH; int64_t HS; std::vector<std::pair<int, int>> seqs; };  // (past, n_new)
   std::vector<Case> cases = {
       {1, 1, {{0, 1}}},           {2, 8, {{0, 5}}},
@@ -164,14 +177,15 @@ void test_attention(Backend& be, const std::string& name, bool quick, std::vecto
   const int L = 2, layer = 1;
   for (const Case& k : cases) {
     const int64_t C = k.NH * k.HS;
-    std::string shape = "NH=" + std::to_string(k.NH) + " HS=" + std::to_string(k.HS) + " (past,new)=";
+    std::string shape = std::string(f16 ? "kv f16 " : "") + "NH=" + std::to_string(k.NH) + " HS=" + std::to_string(k.HS) + " (past,new)=";
     int M = 0, n_blocks = 0;
     for (auto [past, n] : k.seqs) {
       shape += "(" + std::to_string(past) + "," + std::to_string(n) + ")";
       M += n;
       n_blocks += (past + n + kBlockTokens - 1) / kBlockTokens;
     }
-    const size_t block_floats = size_t(L) * 2 * kBlockTokens * C;
+    const size_t block_elems = size_t(L) * 2 * kBlockTokens * C;
+    const size_t block_floats = block_elems * dtype_size(kv_dtype) / sizeof(float);
     // Blocks are handed out in a shuffled order, as a real cache would after reuse.
     std::vector<int32_t> order(static_cast<size_t>(n_blocks));
     for (int i = 0; i < n_blocks; i++) order[size_t(i)] = i;
@@ -187,29 +201,35 @@ void test_attention(Backend& be, const std::string& name, bool quick, std::vecto
       row += n;
     }
     for (size_t i = 0; i < seqs.size(); i++) seqs[i].blocks = tables[i].data();
-    auto pool_init = rng.vec(block_floats * size_t(n_blocks));
+    auto pool_init = rng.vec(block_elems * size_t(n_blocks));
+    if (f16) {  // the same random values, as f16 elements
+      std::vector<uint16_t> h(pool_init.size());
+      for (size_t i = 0; i < h.size(); i++) h[i] = f32_to_f16(pool_init[i]);
+      pool_init.assign(block_floats * size_t(n_blocks), 0.f);
+      std::memcpy(pool_init.data(), h.data(), h.size() * 2);
+    }
     auto qkv = rng.vec(size_t(M) * 3 * size_t(C), 2.0f);
 
     // Reference on host memory.
     std::vector<float> ref_pool = pool_init;
-    std::vector<float*> ref_ptrs;
+    std::vector<void*> ref_ptrs;
     for (int b = 0; b < n_blocks; b++) ref_ptrs.push_back(ref_pool.data() + size_t(b) * block_floats);
-    KvView ref_kv{ref_ptrs.data(), C, k.NH};
+    KvView ref_kv{ref_ptrs.data(), C, k.NH, kv_dtype};
     std::vector<float> want(size_t(M * C));
     ref::kv_store(qkv.data(), seqs.data(), int(seqs.size()), ref_kv, layer);
     ref::attention(qkv.data(), seqs.data(), int(seqs.size()), ref_kv, layer, want.data());
 
     Guarded dpool(be, pool_init), dqkv(be, qkv), dout(be, std::vector<float>(size_t(M * C), 0.f));
-    std::vector<float*> ptrs;
+    std::vector<void*> ptrs;
     for (int b = 0; b < n_blocks; b++) ptrs.push_back(dpool.get() + size_t(b) * block_floats);
-    KvView kv{ptrs.data(), C, k.NH};
+    KvView kv{ptrs.data(), C, k.NH, kv_dtype};
     be.kv_store(dqkv.get(), seqs.data(), int(seqs.size()), kv, layer);
     be.attention(dqkv.get(), seqs.data(), int(seqs.size()), kv, layer, dout.get());
 
     OpCase store{name, "kv_store", shape};
     store.tol = 0;
     bool ok = true;
-    compare(store, dpool.fetch(&ok), ref_pool, ok);
+    compare(store, kv_elements(dpool.fetch(&ok), kv_dtype), kv_elements(ref_pool, kv_dtype), ok);
     out.push_back(store);
     OpCase att{name, "attention", shape};
     att.tol = 1e-5;
@@ -232,6 +252,40 @@ void test_attention(Backend& be, const std::string& name, bool quick, std::vecto
     compare(inv, dalone.fetch(&ok), batched, ok);
     out.push_back(inv);
   }
+}
+
+// f16 cache: values beyond the f16 range are stored as +-65504 (not inf, which would turn a
+// softmax into NaN), exactly as the reference stores them.
+void test_kv_store_f16_range(Backend& be, const std::string& name, std::vector<OpCase>& out) {
+  const int NH = 1;
+  const int64_t HS = 8, C = NH * HS;
+  const std::vector<float> kv_vals = {1e6f, -1e6f, 70000.f, 65519.f, 65520.f, -65520.f, 1e-8f, -0.f,
+                                      3.14159f, 65504.f, -7e4f, 2.5e5f, 1.0f, -1.0f, 1e30f, -1e30f};
+  std::vector<float> qkv(size_t(3 * C), 0.5f);
+  for (int64_t i = 0; i < 2 * C; i++) qkv[size_t(C + i)] = kv_vals[size_t(i)];
+  const size_t block_floats = size_t(2 * kBlockTokens * C) * 2 / 4;  // one layer of f16
+  std::vector<float> zero(block_floats, 0.f);
+  std::vector<float> ref_pool = zero;
+  void* ref_ptr[1] = {ref_pool.data()};
+  const int32_t table[1] = {0};
+  const AttnSeq seq{0, 1, 5, table};
+  ref::kv_store(qkv.data(), &seq, 1, KvView{ref_ptr, C, NH, DType::F16}, 0);
+  Guarded dpool(be, zero), dqkv(be, qkv);
+  void* ptr[1] = {dpool.get()};
+  be.kv_store(dqkv.get(), &seq, 1, KvView{ptr, C, NH, DType::F16}, 0);
+  OpCase c{name, "kv_store", "kv f16 out of range (+-1e6, 65520, 1e30)"};
+  c.tol = 0;
+  bool ok = true;
+  const std::vector<float> got = kv_elements(dpool.fetch(&ok), DType::F16);
+  const std::vector<float> want = kv_elements(ref_pool, DType::F16);
+  compare(c, got, want, ok);
+  float largest = 0;
+  for (float v : got) largest = std::max(largest, std::fabs(v));
+  if (c.ok && largest != 65504.f) {
+    c.ok = false;
+    c.note = "largest stored value " + std::to_string(largest) + ", expected 65504";
+  }
+  out.push_back(c);
 }
 
 void test_small_ops(Backend& be, const std::string& name, std::vector<OpCase>& out, Rand& rng) {
@@ -288,7 +342,9 @@ std::vector<OpCase> run_backend_ops(bool quick) {
     try {
       test_layernorm(be, name, out, rng);
       test_matmul(be, name, bf16_dot, quick, out, rng);
-      test_attention(be, name, quick, out, rng);
+      test_attention(be, name, quick, DType::F32, out, rng);
+      test_attention(be, name, quick, DType::F16, out, rng);
+      test_kv_store_f16_range(be, name, out);
       test_small_ops(be, name, out, rng);
     } catch (const std::exception& e) {
       OpCase c{name, "*", "-"};

@@ -89,12 +89,13 @@ const char* op_label(const std::string& name) {
 int main(int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') {
     std::fprintf(stderr, "usage: engine_bench DIR [--batch=32] [--prompt=16] [--steps=32] "
-                         "[--dtype=auto|f32|f16|bf16] [--threads=N] [--device=cpu]\n");
+                         "[--dtype=auto|f32|f16|bf16] [--kv-dtype=f32|f16] [--threads=N] "
+                         "[--device=cpu]\n");
     return 2;
   }
   const std::string dir = argv[1];
   int batch = 32, prompt = 16, steps = 32, threads = 0;
-  std::string dtype = "auto", device = "cpu";
+  std::string dtype = "auto", device = "cpu", kv_dtype = "f32";
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto val = [&](const char* key) -> const char* {
@@ -106,6 +107,7 @@ int main(int argc, char** argv) {
     else if (const char* v = val("--steps=")) steps = std::atoi(v);
     else if (const char* v = val("--threads=")) threads = std::atoi(v);
     else if (const char* v = val("--dtype=")) dtype = v;
+    else if (const char* v = val("--kv-dtype=")) kv_dtype = v;
     else if (const char* v = val("--device=")) device = v;
     else {
       std::fprintf(stderr, "engine_bench: unknown argument %s\n", a.c_str());
@@ -119,6 +121,7 @@ int main(int argc, char** argv) {
     opt.device = device;
     opt.threads = threads;
     opt.dtype = dtype;
+    opt.kv_dtype = kv_dtype;
     const Gpt2Config& c = opt.config;
     if (batch < 1 || prompt < 1 || steps < 1 || prompt + steps + 1 > c.n_positions) {
       std::fprintf(stderr, "engine_bench: need batch, prompt, steps >= 1 and prompt + steps < n_positions\n");
@@ -126,10 +129,11 @@ int main(int argc, char** argv) {
     }
     const double t_load = now_s();
     auto engine = Engine::create(opt);
-    std::printf("model %s: n_layer %lld, n_embd %lld, vocab %lld; %s; weights %s, %.1f MB; load %.2f s\n",
+    std::printf("model %s: n_layer %lld, n_embd %lld, vocab %lld; %s; weights %s, %.1f MB; KV cache %s; "
+                "load %.2f s\n",
                 dir.c_str(), (long long)c.n_layer, (long long)c.n_embd, (long long)c.vocab_size,
                 engine->describe().c_str(), dtype_name(engine->weight_dtype()),
-                engine->weight_bytes() / 1e6, now_s() - t_load);
+                engine->weight_bytes() / 1e6, dtype_name(engine->kv_dtype()), now_s() - t_load);
 
     Profile prof;
     engine->model().set_debug_hook([&](const char* name, int, const float*, int, int64_t) {

@@ -67,7 +67,7 @@ int run_ops_perf(const char* only) {
     const int blocks_per_seq = (T + kBlockTokens - 1) / kBlockTokens;
     const size_t block_floats = size_t(L) * 2 * kBlockTokens * C;
     std::vector<float> pool_mem(block_floats * size_t(blocks_per_seq * s.n_seqs), 0.01f);
-    std::vector<float*> ptrs;
+    std::vector<void*> ptrs;
     for (int b = 0; b < blocks_per_seq * s.n_seqs; b++) ptrs.push_back(pool_mem.data() + size_t(b) * block_floats);
     std::vector<std::vector<int32_t>> tables(size_t(s.n_seqs));
     std::vector<AttnSeq> seqs;
@@ -78,7 +78,7 @@ int run_ops_perf(const char* only) {
     const int M = s.n_seqs * s.n_new;
     std::vector<float> qkv(size_t(M) * 3 * C), out(size_t(M) * C);
     for (size_t i = 0; i < qkv.size(); i++) qkv[i] = float(int(i % 97) - 48) / 97.0f;
-    const KvView kv{ptrs.data(), C, int(NH)};
+    const KvView kv{ptrs.data(), C, int(NH), DType::F32};
     be.kv_store(qkv.data(), seqs.data(), int(seqs.size()), kv, 0);
     const double secs = median_seconds([&] {
       be.attention(qkv.data(), seqs.data(), int(seqs.size()), kv, 0, out.data());

@@ -62,8 +62,26 @@ interface Gpt2Config {
 
 export interface Gpt2Reference {
   config: Gpt2Config;
-  /** logits[t][v] for every position t of `tokens`. */
-  logits(tokens: number[]): Float64Array[];
+  /**
+   * logits[t][v] for every position t of `tokens`. kvF16: attention reads K and V rounded to f16
+   * (roundToFloat16), as the engine's f16 KV cache stores them.
+   */
+  logits(tokens: number[], opts?: { kvF16?: boolean }): Float64Array[];
+}
+
+/** x rounded to the nearest f16 value (ties to even), beyond +-65504 clamped to +-65504. */
+export function roundToFloat16(x: number): number {
+  if (Number.isNaN(x) || x === 0) return x;
+  const a = Math.abs(x);
+  if (a >= 65504) return Math.sign(x) * 65504;
+  let e = Math.floor(Math.log2(a));
+  if (2 ** e > a) e--; // log2 may round across a power of two
+  if (2 ** (e + 1) <= a) e++;
+  const quantum = 2 ** (Math.max(e, -14) - 10); // 11 significant bits; subnormals below 2^-14
+  const n = a / quantum; // exact: quantum is a power of two
+  const f = Math.floor(n);
+  const rounded = n - f > 0.5 || (n - f === 0.5 && f % 2 === 1) ? f + 1 : f;
+  return Math.sign(x) * rounded * quantum;
 }
 
 /** Loads config.json + model.safetensors; accepts "transformer."-prefixed keys and lm_head.weight. */
@@ -77,10 +95,10 @@ export function loadGpt2Reference(dir: string): Gpt2Reference {
     return t.data;
   };
   const lmHead = tensors.get('lm_head.weight')?.data ?? weight('wte.weight'); // tied by default
-  return { config, logits: (tokens) => forward(config, weight, lmHead, tokens) };
+  return { config, logits: (tokens, opts) => forward(config, weight, lmHead, tokens, opts?.kvF16 ?? false) };
 }
 
-function forward(cfg: Gpt2Config, w: (name: string) => Float64Array, lmHead: Float64Array, tokens: number[]): Float64Array[] {
+function forward(cfg: Gpt2Config, w: (name: string) => Float64Array, lmHead: Float64Array, tokens: number[], kvF16: boolean): Float64Array[] {
   const C = cfg.n_embd;
   const T = tokens.length;
   const wte = w('wte.weight');
@@ -97,6 +115,7 @@ function forward(cfg: Gpt2Config, w: (name: string) => Float64Array, lmHead: Flo
     const p = `h.${l}.`;
     const h1 = x.map((row) => layerNorm(row, w(p + 'ln_1.weight'), w(p + 'ln_1.bias'), cfg.layer_norm_epsilon));
     const qkv = h1.map((row) => conv1d(row, w(p + 'attn.c_attn.weight'), w(p + 'attn.c_attn.bias')));
+    if (kvF16) for (const row of qkv) for (let i = C; i < 3 * C; i++) row[i] = roundToFloat16(row[i]);
     const attn = causalSelfAttention(qkv, cfg.n_head, C);
     const proj = attn.map((row) => conv1d(row, w(p + 'attn.c_proj.weight'), w(p + 'attn.c_proj.bias')));
     x = x.map((row, t) => add(row, proj[t]));

@@ -81,23 +81,23 @@ void CpuBackend::kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, con
                           int layer) {
   const int64_t C = kv.C, HS = C / kv.NH;
   // One task per (sequence, head). K is stored transposed (backend.h): a block's slots for one
-  // dim are 16 consecutive floats, so the new positions are written dim by dim, a block at a
-  // time, and a prefill fills whole 64-byte lines instead of touching a line per float.
+  // dim are 16 consecutive elements, so the new positions are written dim by dim, a block at a
+  // time, and a prefill fills whole cache lines instead of touching a line per element.
+  const bool f16 = kv.dtype == DType::F16;
+  const size_t es = dtype_size(kv.dtype);
+  auto kernel = isa_ >= Isa::Avx2 ? avx2::kv_store_head : scalar::kv_store_head;
   pool_.parallel_for(int64_t(n_seqs) * kv.NH, [&](int64_t task, int) {
     const AttnSeq& s = seqs[task / kv.NH];
     const int h = int(task % kv.NH);
     const int64_t end = int64_t(s.past) + s.n_new;
     for (int64_t t0 = s.past; t0 < end;) {
       const int64_t t1 = std::min<int64_t>(end, (t0 / kBlockTokens + 1) * kBlockTokens);
-      float* layer_kv = kv.block_ptr[s.blocks[t0 / kBlockTokens]] + int64_t(layer) * 2 * kBlockTokens * C;
-      float* k = layer_kv + h * kBlockTokens * HS;
-      float* v = layer_kv + kBlockTokens * C + h * kBlockTokens * HS;
+      char* layer_kv = static_cast<char*>(kv.block_ptr[s.blocks[t0 / kBlockTokens]]) +
+                       (int64_t(layer) * 2 * kBlockTokens * C) * es;
+      char* k = layer_kv + (h * kBlockTokens * HS) * es;
+      char* v = layer_kv + (kBlockTokens * C + h * kBlockTokens * HS) * es;
       const float* rows = qkv + (int64_t(s.row) + (t0 - s.past)) * 3 * C + h * HS;
-      const int64_t slot0 = t0 % kBlockTokens, n = t1 - t0;
-      for (int64_t d = 0; d < HS; d++)
-        for (int64_t i = 0; i < n; i++) k[d * kBlockTokens + slot0 + i] = rows[i * 3 * C + C + d];
-      for (int64_t i = 0; i < n; i++)
-        std::memcpy(v + (slot0 + i) * HS, rows + i * 3 * C + 2 * C, size_t(HS) * sizeof(float));
+      kernel(rows + C, rows + 2 * C, 3 * C, t1 - t0, HS, k, v, t0 % kBlockTokens, f16);
       t0 = t1;
     }
   });
@@ -136,14 +136,15 @@ void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, co
   if (attn_scratch_.size() < scratch_per_thread * pool_.size())
     attn_scratch_.resize(scratch_per_thread * pool_.size());
   const int64_t k_off = int64_t(layer) * 2 * kBlockTokens * C, v_off = k_off + kBlockTokens * C;
+  const bool f16 = kv.dtype == DType::F16;
   pool_.parallel_for(int64_t(tasks_.size()), [&](int64_t i, int tid) {
     const AttnTask& t = tasks_[size_t(i)];
     const AttnSeq& s = seqs[t.seq];
     float* scratch = attn_scratch_.data() + size_t(tid) * scratch_per_thread;
     auto kernel = isa_ >= Isa::Avx2 ? avx2::attention_head_rows : scalar::attention_head_rows;
     for (int h = t.head; h < t.head + t.heads; h++)
-      kernel(qkv, C, HS, h, s.row + t.r0, s.past + t.r0, t.rows, kv.block_ptr, s.blocks, k_off,
-             v_off, scratch, out);
+      kernel(qkv, C, HS, h, s.row + t.r0, s.past + t.r0, t.rows, kv.block_ptr, f16, s.blocks,
+             k_off, v_off, scratch, out);
   });
 }
 

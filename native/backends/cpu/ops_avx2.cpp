@@ -51,16 +51,22 @@ void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const 
 }
 
 // Where one head's K or V lives in the paged cache (layout in backend.h): block(b) is the head's
-// 16 x HS floats in the sequence's block b; for V, position t's HS floats are at row(t).
+// 16 x HS elements in the sequence's block b; for V, position t's HS elements are at row(t).
+// E is the cache's element type: float, or uint16_t for f16 (widened by load8).
 namespace {
+template <class E>
 struct HeadRows {
-  float* const* block_ptr;
+  void* const* block_ptr;
   const int32_t* blocks;
-  int64_t off;  // layer's K or V section + the head's part of it
+  int64_t off;  // layer's K or V section + the head's part of it, in elements
   int64_t stride;
-  const float* block(int64_t b) const { return block_ptr[blocks[b]] + off; }
-  const float* row(int64_t t) const { return block(t >> 4) + (t & 15) * stride; }
+  const E* block(int64_t b) const { return static_cast<const E*>(block_ptr[blocks[b]]) + off; }
+  const E* row(int64_t t) const { return block(t >> 4) + (t & 15) * stride; }
 };
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
 }  // namespace
 
 // Attention scores, in register tiles, from K stored transposed in each block (kt[16 d + j] is
@@ -70,8 +76,8 @@ struct HeadRows {
 
 // R rows x NB consecutive blocks (kt[i]: block i), 2 NB R <= 12 accumulators: each K load feeds
 // R FMAs, each q broadcast 2 NB.
-template <int R, int NB>
-static inline void scores_blocks(const float* const* q, const float* const* kt, int64_t HS,
+template <int R, int NB, class E>
+static inline void scores_blocks(const float* const* q, const E* const* kt, int64_t HS,
                                  __m256 scale, __m256 (&s)[R][NB][2]) {
 #pragma GCC unroll 6
   for (int r = 0; r < R; r++)
@@ -81,8 +87,8 @@ static inline void scores_blocks(const float* const* q, const float* const* kt, 
     __m256 k[NB][2];
 #pragma GCC unroll 4
     for (int i = 0; i < NB; i++) {
-      k[i][0] = _mm256_loadu_ps(kt[i] + 16 * d);
-      k[i][1] = _mm256_loadu_ps(kt[i] + 16 * d + 8);
+      k[i][0] = load8(kt[i] + 16 * d);
+      k[i][1] = load8(kt[i] + 16 * d + 8);
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
@@ -125,13 +131,13 @@ static inline void transpose8(__m256 (&v)[8]) {
 
 // Scores of R rows for blocks [b, b + NB), written to the interleaved P (key t, row r at
 // P[8 t + r]; lanes R..7 get zeros).
-template <int R, int NB>
-static inline void scores_to_lanes(const float* const* q, const HeadRows& keys, int64_t b,
+template <int R, int NB, class E>
+static inline void scores_to_lanes(const float* const* q, const HeadRows<E>& keys, int64_t b,
                                    int64_t HS, __m256 scale, float* P) {
-  const float* kt[NB];
+  const E* kt[NB];
   for (int i = 0; i < NB; i++) kt[i] = keys.block(b + i);
   __m256 s[R][NB][2];
-  scores_blocks<R, NB>(q, kt, HS, scale, s);
+  scores_blocks<R, NB, E>(q, kt, HS, scale, s);
 #pragma GCC unroll 4
   for (int i = 0; i < NB; i++)
 #pragma GCC unroll 2
@@ -148,14 +154,14 @@ static inline void scores_to_lanes(const float* const* q, const HeadRows& keys, 
 }
 
 // Scores of a lone row for blocks [b, b + NB), contiguous in p (key t at p[t]).
-template <int NB>
-static inline void scores_to_row(const float* q, const HeadRows& keys, int64_t b, int64_t HS,
+template <int NB, class E>
+static inline void scores_to_row(const float* q, const HeadRows<E>& keys, int64_t b, int64_t HS,
                                  __m256 scale, float* p) {
-  const float* kt[NB];
+  const E* kt[NB];
   for (int i = 0; i < NB; i++) kt[i] = keys.block(b + i);
   const float* const qs[1] = {q};
   __m256 s[1][NB][2];
-  scores_blocks<1, NB>(qs, kt, HS, scale, s);
+  scores_blocks<1, NB, E>(qs, kt, HS, scale, s);
 #pragma GCC unroll 4
   for (int i = 0; i < NB; i++) {
     _mm256_storeu_ps(p + 16 * (b + i), s[0][i][0]);
@@ -164,11 +170,11 @@ static inline void scores_to_row(const float* q, const HeadRows& keys, int64_t b
 }
 
 // Calls f(t, row pointer) for t in [t0, t1), walking block by block.
-template <class F>
-static inline void for_rows(const HeadRows& rows, int64_t t0, int64_t t1, F&& f) {
+template <class E, class F>
+static inline void for_rows(const HeadRows<E>& rows, int64_t t0, int64_t t1, F&& f) {
   while (t0 < t1) {
     const int64_t end = t1 < ((t0 | 15) + 1) ? t1 : ((t0 | 15) + 1);
-    const float* v = rows.row(t0);
+    const E* v = rows.row(t0);
     for (; t0 < end; t0++, v += rows.stride) f(t0, v);
   }
 }
@@ -188,8 +194,8 @@ static inline __m256 rows_from(int64_t s) {
 // sharing the V loads (n[r] = n[0] + r); p_r[t] at P[8 t + r] (R > 1) or P[t] (R = 1). Per
 // output element: one FMA chain over t in increasing order from 0, then one multiply, the same
 // for any R, NV or d split.
-template <int NV, int R>
-static inline void weighted_values(const HeadRows& values, int64_t d, const float* P, int64_t n0,
+template <int NV, int R, class E>
+static inline void weighted_values(const HeadRows<E>& values, int64_t d, const float* P, int64_t n0,
                                    float* const* dst, const float* inv) {
   constexpr int64_t kStep = R == 1 ? 1 : 8;
   // Fully unrolled (the pragmas) so acc[][] is indexed by constants and lives in registers.
@@ -198,10 +204,10 @@ static inline void weighted_values(const HeadRows& values, int64_t d, const floa
   for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
     for (int j = 0; j < NV; j++) acc[r][j] = _mm256_setzero_ps();
-  for_rows(values, 0, n0, [&](int64_t t, const float* v) {
+  for_rows(values, 0, n0, [&](int64_t t, const E* v) {
     __m256 vv[NV];
 #pragma GCC unroll 8
-    for (int j = 0; j < NV; j++) vv[j] = _mm256_loadu_ps(v + d + 8 * j);
+    for (int j = 0; j < NV; j++) vv[j] = load8(v + d + 8 * j);
     const float* pt = P + t * kStep;
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++) {
@@ -214,10 +220,10 @@ static inline void weighted_values(const HeadRows& values, int64_t d, const floa
 #pragma GCC unroll 6
   for (int r = 1; r < R; r++)
     for (int64_t u = n0; u < n0 + r; u++) {
-      const float* v = values.row(u) + d;
+      const E* v = values.row(u) + d;
       const __m256 pr = _mm256_broadcast_ss(P + u * kStep + r);
 #pragma GCC unroll 8
-      for (int j = 0; j < NV; j++) acc[r][j] = _mm256_fmadd_ps(pr, _mm256_loadu_ps(v + 8 * j), acc[r][j]);
+      for (int j = 0; j < NV; j++) acc[r][j] = _mm256_fmadd_ps(pr, load8(v + 8 * j), acc[r][j]);
     }
 #pragma GCC unroll 6
   for (int r = 0; r < R; r++) {
@@ -228,14 +234,15 @@ static inline void weighted_values(const HeadRows& values, int64_t d, const floa
 }
 
 // One query row (decode, or a tile's last row): p contiguous.
-static inline void attend_one_row(const float* q, const HeadRows& keys, const HeadRows& values,
+template <class E>
+static inline void attend_one_row(const float* q, const HeadRows<E>& keys, const HeadRows<E>& values,
                                   int64_t n, int64_t HS, float* p, float* dst) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(float(HS)));
   const int64_t n_blocks = (n + 15) / 16;
   int64_t b = 0;
-  for (; b + 4 <= n_blocks; b += 4) scores_to_row<4>(q, keys, b, HS, scale, p);  // 8 FMA chains
-  for (; b + 2 <= n_blocks; b += 2) scores_to_row<2>(q, keys, b, HS, scale, p);
-  for (; b < n_blocks; b++) scores_to_row<1>(q, keys, b, HS, scale, p);
+  for (; b + 4 <= n_blocks; b += 4) scores_to_row<4, E>(q, keys, b, HS, scale, p);  // 8 FMA chains
+  for (; b + 2 <= n_blocks; b += 2) scores_to_row<2, E>(q, keys, b, HS, scale, p);
+  for (; b < n_blocks; b++) scores_to_row<1, E>(q, keys, b, HS, scale, p);
   float max_score = -INFINITY;
   for (int64_t t = 0; t < n; t++) max_score = p[t] > max_score ? p[t] : max_score;
   const __m256 vm = _mm256_set1_ps(max_score);
@@ -245,24 +252,24 @@ static inline void attend_one_row(const float* q, const HeadRows& keys, const He
   const float inv = 1.0f / sum;
   float* dsts[1] = {dst};
   int64_t d = 0;
-  for (; d + 64 <= HS; d += 64) weighted_values<8, 1>(values, d, p, n, dsts, &inv);
-  for (; d + 16 <= HS; d += 16) weighted_values<2, 1>(values, d, p, n, dsts, &inv);
-  for (; d + 8 <= HS; d += 8) weighted_values<1, 1>(values, d, p, n, dsts, &inv);
+  for (; d + 64 <= HS; d += 64) weighted_values<8, 1, E>(values, d, p, n, dsts, &inv);
+  for (; d + 16 <= HS; d += 16) weighted_values<2, 1, E>(values, d, p, n, dsts, &inv);
+  for (; d + 8 <= HS; d += 8) weighted_values<1, 1, E>(values, d, p, n, dsts, &inv);
 }
 
 // R = 2..6 consecutive query rows of one sequence (row r attends to n0 + r keys): scores of all
 // R rows together, the softmax of all rows at once in the lanes of P, then the value sums
 // of all R rows together (16 dims per pass: <= 12 accumulators, each V load feeds R FMAs).
-template <int R>
-static inline void attend_rows(const float* const* q, const HeadRows& keys, const HeadRows& values,
+template <int R, class E>
+static inline void attend_rows(const float* const* q, const HeadRows<E>& keys, const HeadRows<E>& values,
                                int64_t n0, int64_t HS, float* P, float* const* dst) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(float(HS)));
   const int64_t n_last = n0 + R - 1;
   const int64_t n_blocks = (n_last + 15) / 16;
   constexpr int kNB = R <= 3 ? 2 : 1;  // 2 * kNB * R <= 12 accumulators
   int64_t b = 0;
-  for (; b + kNB <= n_blocks; b += kNB) scores_to_lanes<R, kNB>(q, keys, b, HS, scale, P);
-  for (; b < n_blocks; b++) scores_to_lanes<R, 1>(q, keys, b, HS, scale, P);
+  for (; b + kNB <= n_blocks; b += kNB) scores_to_lanes<R, kNB, E>(q, keys, b, HS, scale, P);
+  for (; b < n_blocks; b++) scores_to_lanes<R, 1, E>(q, keys, b, HS, scale, P);
   // Separate short loops: fused, the exp's constants, max and sum did not fit in 16 registers
   // and the spilled sum put a store-to-load round trip on every key.
   __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -279,18 +286,17 @@ static inline void attend_rows(const float* const* q, const HeadRows& keys, cons
   alignas(32) float inv[8];
   _mm256_store_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), vsum));
   int64_t d = 0;
-  for (; d + 16 <= HS; d += 16) weighted_values<2, R>(values, d, P, n0, dst, inv);
-  for (; d + 8 <= HS; d += 8) weighted_values<1, R>(values, d, P, n0, dst, inv);
+  for (; d + 16 <= HS; d += 16) weighted_values<2, R, E>(values, d, P, n0, dst, inv);
+  for (; d + 8 <= HS; d += 8) weighted_values<1, R, E>(values, d, P, n0, dst, inv);
 }
 
-void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
-                         int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
-                         int64_t k_off, int64_t v_off, float* scratch, float* out) {
-  const HeadRows keys{block_ptr, blocks, k_off + h * 16 * HS, HS};
-  const HeadRows values{block_ptr, blocks, v_off + h * 16 * HS, HS};
-  if (HS % 8 != 0)  // no GPT-2 has these head sizes: the plain kernel is enough
-    return scalar::attention_head_rows(qkv, C, HS, h, row0, pos0, n_rows, block_ptr, blocks, k_off,
-                                       v_off, scratch, out);
+template <class E>
+static void attention_head_rows_of(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
+                                   int64_t pos0, int n_rows, void* const* block_ptr,
+                                   const int32_t* blocks, int64_t k_off, int64_t v_off,
+                                   float* scratch, float* out) {
+  const HeadRows<E> keys{block_ptr, blocks, k_off + h * 16 * HS, HS};
+  const HeadRows<E> values{block_ptr, blocks, v_off + h * 16 * HS, HS};
   // Tiles of up to kTile rows share each K and V load; a row's numbers do not depend on the
   // tile it is in (see the kernels above), so any split of the rows gives the same bits.
   constexpr int kTile = 6;
@@ -305,12 +311,56 @@ void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t
     const int64_t n0 = pos0 + r + 1;
     switch (R) {
       case 1: attend_one_row(q[0], keys, values, n0, HS, scratch, dst[0]); break;
-      case 2: attend_rows<2>(q, keys, values, n0, HS, scratch, dst); break;
-      case 3: attend_rows<3>(q, keys, values, n0, HS, scratch, dst); break;
-      case 4: attend_rows<4>(q, keys, values, n0, HS, scratch, dst); break;
-      case 5: attend_rows<5>(q, keys, values, n0, HS, scratch, dst); break;
-      default: attend_rows<6>(q, keys, values, n0, HS, scratch, dst); break;
+      case 2: attend_rows<2, E>(q, keys, values, n0, HS, scratch, dst); break;
+      case 3: attend_rows<3, E>(q, keys, values, n0, HS, scratch, dst); break;
+      case 4: attend_rows<4, E>(q, keys, values, n0, HS, scratch, dst); break;
+      case 5: attend_rows<5, E>(q, keys, values, n0, HS, scratch, dst); break;
+      default: attend_rows<6, E>(q, keys, values, n0, HS, scratch, dst); break;
     }
+  }
+}
+
+void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
+                         int64_t pos0, int n_rows, void* const* block_ptr, bool f16,
+                         const int32_t* blocks, int64_t k_off, int64_t v_off, float* scratch,
+                         float* out) {
+  if (HS % 8 != 0)  // no GPT-2 has these head sizes: the plain kernel is enough
+    return scalar::attention_head_rows(qkv, C, HS, h, row0, pos0, n_rows, block_ptr, f16, blocks,
+                                       k_off, v_off, scratch, out);
+  if (f16)
+    attention_head_rows_of<uint16_t>(qkv, C, HS, h, row0, pos0, n_rows, block_ptr, blocks, k_off,
+                                     v_off, scratch, out);
+  else
+    attention_head_rows_of<float>(qkv, C, HS, h, row0, pos0, n_rows, block_ptr, blocks, k_off,
+                                  v_off, scratch, out);
+}
+
+// f16 as the reference stores it (ops_ref.h kv_put): clamped to +-65504 with NaN kept (minps and
+// maxps return their second operand when either is NaN), then rounded to nearest even.
+static inline __m128i to_f16x8(__m256 v) {
+  v = _mm256_max_ps(_mm256_set1_ps(-65504.0f), _mm256_min_ps(_mm256_set1_ps(65504.0f), v));
+  return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+}
+static inline uint16_t to_f16(float x) {
+  __m128 v = _mm_set_ss(x);
+  v = _mm_max_ss(_mm_set_ss(-65504.0f), _mm_min_ss(_mm_set_ss(65504.0f), v));
+  return uint16_t(_mm_extract_epi16(_mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT), 0));
+}
+
+void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, int64_t n,
+                   int64_t HS, void* k_head, void* v_head, int64_t slot0, bool f16) {
+  if (!f16) return scalar::kv_store_head(k_src, v_src, src_stride, n, HS, k_head, v_head, slot0, false);
+  uint16_t* k = static_cast<uint16_t*>(k_head);
+  uint16_t* v = static_cast<uint16_t*>(v_head);
+  for (int64_t d = 0; d < HS; d++)
+    for (int64_t i = 0; i < n; i++) k[d * 16 + slot0 + i] = to_f16(k_src[i * src_stride + d]);
+  for (int64_t i = 0; i < n; i++) {
+    const float* src = v_src + i * src_stride;
+    uint16_t* dst = v + (slot0 + i) * HS;
+    int64_t d = 0;
+    for (; d + 8 <= HS; d += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + d), to_f16x8(_mm256_loadu_ps(src + d)));
+    for (; d < HS; d++) dst[d] = to_f16(src[d]);
   }
 }
 

@@ -11,21 +11,32 @@ void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const 
 
 // Causal attention of one head h for n_rows consecutive new tokens of one sequence: query r is
 // row (row0 + r) of qkv (*, 3C) at position pos0 + r. Its keys/values for position t are in block
-// block_ptr[blocks[t / 16]], at k_off / v_off + h * 16 * HS, laid out as in backend.h (K
-// transposed). scratch holds >= 8 * (pos0 + n_rows + 16) floats. Every row is computed the same
-// way whatever n_rows and row0 (batch invariance). The AVX2 kernel scores whole blocks, reading
-// the last block's slots past the sequence's end.
+// block_ptr[blocks[t / 16]], at elements k_off / v_off + h * 16 * HS, laid out as in backend.h
+// (K transposed); elements are fp32, or f16 when f16 is set. scratch holds
+// >= 8 * (pos0 + n_rows + 16) floats. Every row is computed the same way whatever n_rows and
+// row0 (batch invariance). The AVX2 kernel scores whole blocks, reading the last block's slots
+// past the sequence's end.
 void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
-                         int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
-                         int64_t k_off, int64_t v_off, float* scratch, float* out);
+                         int64_t pos0, int n_rows, void* const* block_ptr, bool f16,
+                         const int32_t* blocks, int64_t k_off, int64_t v_off, float* scratch,
+                         float* out);
+
+// Writes n consecutive positions of one head into one block: K of position i from
+// k_src + i * src_stride (HS floats) to k_head[d * 16 + slot0 + i] (transposed), V from v_src to
+// v_head[(slot0 + i) * HS + d]; fp32, or f16 rounded as ref::kv_put does.
+void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, int64_t n,
+                   int64_t HS, void* k_head, void* v_head, int64_t slot0, bool f16);
 
 }  // namespace llmcore::cpu::avx2
 
-// The same two kernels in plain C++ for CPUs without AVX2 (ops_scalar.cpp).
+// The same kernels in plain C++ for CPUs without AVX2 (ops_scalar.cpp).
 namespace llmcore::cpu::scalar {
 void layernorm_rows(const float* x, int M, int64_t C, const float* gamma, const float* beta,
                     float eps, float* out);
 void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
-                         int64_t pos0, int n_rows, float* const* block_ptr, const int32_t* blocks,
-                         int64_t k_off, int64_t v_off, float* scratch, float* out);
+                         int64_t pos0, int n_rows, void* const* block_ptr, bool f16,
+                         const int32_t* blocks, int64_t k_off, int64_t v_off, float* scratch,
+                         float* out);
+void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, int64_t n,
+                   int64_t HS, void* k_head, void* v_head, int64_t slot0, bool f16);
 }  // namespace llmcore::cpu::scalar

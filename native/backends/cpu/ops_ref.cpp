@@ -58,8 +58,8 @@ void kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& k
       const int64_t HS = C / kv.NH;
       for (int h = 0; h < kv.NH; h++) {
         for (int64_t d = 0; d < HS; d++) {
-          *kv_at(kv, seqs[s].blocks, layer, 0, t, h, d) = row[C + h * HS + d];
-          *kv_at(kv, seqs[s].blocks, layer, 1, t, h, d) = row[2 * C + h * HS + d];
+          kv_put(kv, seqs[s].blocks, layer, 0, t, h, d, row[C + h * HS + d]);
+          kv_put(kv, seqs[s].blocks, layer, 1, t, h, d, row[2 * C + h * HS + d]);
         }
       }
     }
@@ -83,7 +83,7 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
         for (int64_t t = 0; t <= pos; t++) {
           double dot = 0;
           for (int64_t d = 0; d < HS; d++)
-            dot += double(q[d]) * double(*kv_at(kv, seqs[s].blocks, layer, 0, t, h, d));
+            dot += double(q[d]) * kv_get(kv, seqs[s].blocks, layer, 0, t, h, d);
           score[t] = dot * scale;
           max_score = std::max(max_score, score[t]);
         }
@@ -92,7 +92,7 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
         for (int64_t d = 0; d < HS; d++) {
           double acc = 0;
           for (int64_t t = 0; t <= pos; t++)
-            acc += score[t] * double(*kv_at(kv, seqs[s].blocks, layer, 1, t, h, d));
+            acc += score[t] * kv_get(kv, seqs[s].blocks, layer, 1, t, h, d);
           out[row * C + h * HS + d] = float(acc / sum);
         }
       }
