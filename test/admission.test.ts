@@ -146,3 +146,19 @@ test('loadModel validates kvCacheBytes and maxSequences', async () => {
     await expect(p).rejects.toThrow(msg);
   }
 });
+
+test('an f16 KV cache fits twice the blocks in the same kvCacheBytes, and runs twice the sequences at once', async () => {
+  const m = await freshModel(TINY, { ...CPU, kvCacheBytes: 6 * blockBytes, kvCacheDtype: 'f16' });
+  try {
+    expect(m.kvStats()).toMatchObject({ capacityBlocks: 12 });
+    // as in the first test: 2 blocks per request, so 6 run at a time instead of 3
+    const prompts = Array.from({ length: 12 }, (_, i) => tokenSequence(10, 40 + i));
+    const { result, peak } = await watched(m, () => m.generate(prompts, greedy({ maxNewTokens: 20 })));
+    expect(result).toHaveLength(12);
+    expect(peak.active).toBeGreaterThan(3);
+    expect(peak.active).toBeLessThanOrEqual(6);
+    expect(peak.native).toBeLessThanOrEqual(12);
+  } finally {
+    m.dispose();
+  }
+});
