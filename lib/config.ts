@@ -1,8 +1,10 @@
-// Reads a Hugging Face GPT-2 checkpoint directory: config.json, generation defaults, and the
-// safetensors file list (single file or sharded index). Everything checked, errors name the file.
+// Reads a Hugging Face GPT-2 checkpoint directory (or a repo id in the local hub cache):
+// config.json, generation defaults, and the safetensors file list (single file or sharded
+// index). Everything checked, errors name the file.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { LlmcoreError, ModelFormatError } from './errors';
+import { currentRepoId, findInHubCache, looksLikeRepoId } from './hub-cache';
 
 export interface ModelConfig {
   modelType: 'gpt2';
@@ -151,11 +153,27 @@ async function findWeightFiles(dir: string): Promise<string[]> {
   throw new ModelFormatError(`[model] ${dir}: no model.safetensors or model.safetensors.index.json${hint}`);
 }
 
-export async function readCheckpoint(dir: string): Promise<Checkpoint> {
+/**
+ * A checkpoint folder, or a repo id ('gpt2', 'openai-community/gpt2') found in the local Hugging
+ * Face hub cache when no such folder exists (lib/hub-cache.ts; nothing is downloaded).
+ */
+async function resolveDir(dir: string): Promise<string> {
   const abs = path.resolve(dir);
   const stat = await fs.stat(abs).catch(() => undefined);
-  if (!stat || !stat.isDirectory())
-    throw new ModelFormatError(`[model] ${abs}: not a directory (expected a Hugging Face checkpoint folder)`);
+  if (stat?.isDirectory()) return abs;
+  if (!stat && looksLikeRepoId(dir)) {
+    const found = await findInHubCache(dir);
+    if (found.dir) return found.dir;
+    throw new ModelFormatError(
+      `[model] ${dir}: no such folder, and not in the Hugging Face cache (looked for ${found.searched.join(', ')}); ` +
+        `download it (e.g. huggingface-cli download ${currentRepoId(dir)}) or pass a checkpoint folder`,
+    );
+  }
+  throw new ModelFormatError(`[model] ${abs}: not a directory (expected a Hugging Face checkpoint folder)`);
+}
+
+export async function readCheckpoint(dir: string): Promise<Checkpoint> {
+  const abs = await resolveDir(dir);
   const configFile = path.join(abs, 'config.json');
   const cfg = await readJson(configFile, 'config');
   if (!cfg) throw new ModelFormatError(`[config] ${configFile}: missing (expected a Hugging Face config.json)`);
