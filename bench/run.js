@@ -3,6 +3,7 @@
 // info and medians of several runs; refuses any figure above its roofline (a broken clock or
 // a skipped computation, not a fast kernel).
 //   node bench/run.js [--runs N] [--dtypes f32,bf16] [--json FILE] [--quick]
+// Besides every dtype's rows, batch-32 decode once more with the f16 KV cache (first dtype).
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
@@ -65,16 +66,18 @@ async function timeRuns(fn) {
 const rooflineSeconds = (flops, bytes, lim) =>
   Math.max(flops / (lim.peakGflops * 1e9), bytes / (lim.readGBs * 1e9));
 
-async function benchModel(dir, dtype) {
-  const model = await llm.loadModel(dir, { device: 'cpu', dtype });
+async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, batches = [1, 8, 32] } = {}) {
+  const model = await llm.loadModel(dir, { device: 'cpu', dtype, kvCacheDtype });
   const info = model.info;
+  const kvElementBytes = kvCacheDtype === 'f16' ? 2 : 4;
+  const label = kvCacheDtype === 'f16' ? `${info.weightDtype}, KV f16` : info.weightDtype;
   const c = model.config;
   const C = c.nEmbd, L = c.nLayer, V = c.vocabSize;
   const matmulParams = L * 12 * C * C;                       // qkv 3C^2, proj C^2, mlp 8C^2
   const weightBytes = info.weightBytes;                        // matmul weights as kept, LM head included
   const rows = [];
 
-  for (const T of [128, 512]) {
+  for (const T of prefill ? [128, 512] : []) {
     const ids = promptTokens(T, T);
     const t = await timeRuns(async () => {
       const r = await model.generate(ids, { maxNewTokens: 1, doSample: false });
@@ -85,12 +88,12 @@ async function benchModel(dir, dtype) {
     const bytes = weightBytes;
     const secs = t.median / 1000;
     rows.push({
-      dtype: info.weightDtype, kind: 'prefill', tokens: T, batch: 1, ms: t.median, runsMs: t.runs,
+      dtype: label, kind: 'prefill', tokens: T, batch: 1, ms: t.median, runsMs: t.runs,
       tokPerSec: T / secs, flops, bytes, secs, perRun: T, localLimits: t.local,
     });
   }
 
-  for (const B of [1, 8, 32]) {
+  for (const B of batches) {
     const prompts = Array.from({ length: B }, (_, i) => promptTokens(16, 100 + i));
     const t = await timeRuns(async () => {
       const start = performance.now();
@@ -102,11 +105,11 @@ async function benchModel(dir, dtype) {
     });
     const stepSecs = t.median / 1000;
     const ctx = 16 + DECODE_TOKENS / 2;                          // mean context during decode
-    const kvBytes = B * L * 2 * ctx * C * 4;
+    const kvBytes = B * L * 2 * ctx * C * kvElementBytes;
     const bytes = weightBytes + kvBytes;
     const flops = B * (2 * (matmulParams + V * C) + L * 2 * 2 * C * ctx);
     rows.push({
-      dtype: info.weightDtype, kind: 'decode', tokens: DECODE_TOKENS, batch: B, ms: t.median,
+      dtype: label, kind: 'decode', tokens: DECODE_TOKENS, batch: B, ms: t.median,
       runsMs: t.runs, tokPerSec: B / stepSecs, flops, bytes, secs: stepSecs, perRun: B,
       localLimits: t.local, memoryBound: true,
     });
@@ -131,7 +134,9 @@ async function benchModel(dir, dtype) {
     ...llm.backendInfo(), date: new Date().toISOString(),
   };
   const results = [];
-  for (const dtype of values.dtypes.split(',')) results.push(await benchModel(dir, dtype));
+  const dtypes = values.dtypes.split(',');
+  for (const dtype of dtypes) results.push(await benchModel(dir, dtype));
+  results.push(await benchModel(dir, dtypes[0], { kvCacheDtype: 'f16', prefill: false, batches: [32] }));
   const rows = results.flatMap((r) => r.rows);
   // The limits: the best of every measurement of the session (at the start and around each row),
   // so a slow moment of the host never inflates a ratio.
