@@ -3,9 +3,14 @@
 import { callNative } from './errors';
 import { native, type BackendOpCase } from './native';
 
-export function backendInfo(): { cpuFeatures: string; cpuKernels: string } {
+/**
+ * The CPU's features and the kernels chosen. bf16DotProduct: bf16 matmuls use the CPU's bf16
+ * dot product (AVX512_BF16), which rounds the activations to bf16 as well, so their logits
+ * differ from the fp32 path by about bf16's rounding.
+ */
+export function backendInfo(): { cpuFeatures: string; cpuKernels: string; bf16DotProduct: boolean } {
   const info = native().cpuInfo();
-  return { cpuFeatures: info.features, cpuKernels: info.isa };
+  return { cpuFeatures: info.features, cpuKernels: info.isa, bf16DotProduct: info.bf16DotProduct };
 }
 
 /** Every op of every backend kernel family against the plain reference (test-backend-ops). */

@@ -78,7 +78,7 @@ export interface BackendOpCase {
 
 export interface NativeAddon {
   loadEngine(options: NativeLoadOptions): Promise<NativeEngine>;
-  cpuInfo(): { features: string; isa: string };
+  cpuInfo(): { features: string; isa: string; bf16DotProduct: boolean };
   runBackendOps(quick: boolean): Promise<BackendOpCase[]>;
   measureRoofline(threads: number, bytes: number): Promise<{ peakGflops: number; readGBs: number; threads: number }>;
   interfaceVersion: number;

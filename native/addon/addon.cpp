@@ -4,6 +4,7 @@
 #include "addon/engine_wrap.h"
 #include "addon/js_errors.h"
 #include "backends/cpu/cpu_features.h"
+#include "backends/cpu/gemm.h"
 #include "backends/cpu/roofline.h"
 #include "core/thread_pool.h"
 #include "tests/backend_ops.h"
@@ -15,6 +16,7 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("features", cpu::cpu_features_string());
   o.Set("isa", std::string(cpu::isa_name(cpu::best_isa())));
+  o.Set("bf16DotProduct", cpu::bf16_dot_product(cpu::best_isa()));
   return o;
 }
 

@@ -418,7 +418,8 @@ void check_case(const Case& cs, std::mt19937& rng, ThreadPool& pool, ThreadPool&
 void test_gemm(bool quick, ThreadPool& pool) {
   ThreadPool pool1(1), pool3(3);
   std::mt19937 rng(12345);
-  const std::vector<int> Ms = quick ? std::vector<int>{1, 3, 7, 33} : std::vector<int>{1, 2, 3, 5, 7, 13, 32, 33, 100};
+  // 9: tiles of 5 + 4 rows (AVX2 and AVX-512), 4: a lone 4-row tile.
+  const std::vector<int> Ms = quick ? std::vector<int>{1, 3, 7, 9, 33} : std::vector<int>{1, 2, 3, 4, 5, 7, 9, 13, 32, 33, 100};
   const std::vector<int64_t> Ns = quick ? std::vector<int64_t>{1, 17, 1003} : std::vector<int64_t>{1, 15, 17, 33, 1003};
   const std::vector<int64_t> Ks = quick ? std::vector<int64_t>{1, 65, 768} : std::vector<int64_t>{1, 3, 64, 65, 768};
   const double t0 = now_s();
@@ -445,7 +446,7 @@ void test_gemm(bool quick, ThreadPool& pool) {
           check_case(Case{s, sd, cd, kn}, rng, pool, pool1, pool3, false);
           ++cases;
         }
-  // K blocking (K > 384 triggers it for M >= 4): K not a multiple of the block.
+  // K blocking (K > 1024 triggers it for M >= 4): K not a multiple of the block.
   for (const Shape& s : {Shape{6, 40, 3072}, Shape{17, 33, 1001}, Shape{100, 100, 2049}}) {
     check_case(Case{s, DType::F32, DType::F32, true}, rng, pool, pool1, pool3, true);
     check_case(Case{s, DType::BF16, DType::BF16, false}, rng, pool, pool1, pool3, true);
@@ -461,6 +462,14 @@ void test_gemm(bool quick, ThreadPool& pool) {
     bool ok = y.guards_ok();
     for (int i = 0; i < 8; ++i) ok = ok && y.p[i] == bias[i % 4];
     CHECK(ok, "%s: K = 0 should give y = bias", isa_name(isa));
+    // bf16 compute too: on AVX-512 BF16 CPUs that is the k-pair path, whose x conversion
+    // buffer is then empty (it once came back null and threw E_OOM).
+    auto pb = pack_weight(WeightView{w.data(), DType::F32, 4, 0, true, "k0 bf16"}, DType::BF16, isa, pool, g_arena);
+    Buf yb(8);
+    gemm(xv, 0, 2, *pb, bias, yb.p, Epilogue::Store, pool);
+    ok = yb.guards_ok();
+    for (int i = 0; i < 8; ++i) ok = ok && yb.p[i] == bias[i % 4];
+    CHECK(ok, "%s: K = 0 (bf16) should give y = bias", isa_name(isa));
     auto pe = pack_weight(WeightView{w.data(), DType::F32, 0, 4, true, "n0"}, DType::F32, isa, pool, g_arena);
     Buf y2(1);
     gemm(xv, 4, 1, *pe, nullptr, y2.p, Epilogue::Store, pool);

@@ -36,7 +36,8 @@ struct ThreadBuf {
   void* p = nullptr;
   size_t cap = 0;
   ~ThreadBuf() { std::free(p); }
-  void* get(size_t bytes) {
+  void* get(size_t bytes) {  // never null on success, even for 0 bytes (K = 0)
+    if (bytes == 0) bytes = 64;
     if (bytes > cap) {
       std::free(p);
       cap = round_up(bytes, 4096);
@@ -121,6 +122,8 @@ void scalar_gemm_block(const kern::GemmCall& c, int64_t m0, int64_t m1, int64_t 
 }
 
 }  // namespace
+
+bool bf16_dot_product(Isa isa) { return packed_fmt(DType::BF16, isa) == kern::kBF16Pairs; }
 
 float gelu_new(float x) {
   return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));

@@ -42,6 +42,11 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
 void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
           Epilogue ep, ThreadPool& pool);
 
+// True when bf16 weights packed for `isa` use the CPU's bf16 dot product (AVX512_BF16
+// vdpbf16ps): the activations are then rounded to bf16 too (fp32 accumulation), so results
+// differ from the fp32 FMA chain by about bf16's rounding (2^-9 relative per product).
+bool bf16_dot_product(Isa isa);
+
 // gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the fp32 version every
 // epilogue must match to ~1e-6 relative.
 float gelu_new(float x);
