@@ -16,7 +16,8 @@ const { main } = require('../dist/cjs/cli.js');
     '\nNote: this checkpoint has RANDOM weights, so the text below is noise; the shapes, tokenizer and\n' +
       'speed are those of real GPT-2. For real text, download the real model and point --model at it:\n' +
       '  huggingface-cli download openai-community/gpt2 --local-dir gpt2\n' +
-      '  npx llmcore generate "The cat is on the table" --model gpt2 --max-length 50 --num-return-sequences 5\n',
+      '  npx llmcore generate "The cat is on the table" --model gpt2 --max-length 50 --num-return-sequences 5\n' +
+      '(downloaded without --local-dir, it is in the Hugging Face cache, and --model gpt2 finds it there)\n',
   );
   process.exitCode = await main([
     'generate', 'The cat is on the table', '--model', dir, '--max-length', '50', '--num-return-sequences', '5',
