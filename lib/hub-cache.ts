@@ -11,24 +11,28 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 /** The five GPT-2 checkpoints moved from bare names to organisations on the Hub. */
-const MOVED: Record<string, string> = {
-  gpt2: 'openai-community/gpt2',
-  'gpt2-medium': 'openai-community/gpt2-medium',
-  'gpt2-large': 'openai-community/gpt2-large',
-  'gpt2-xl': 'openai-community/gpt2-xl',
-  distilgpt2: 'distilbert/distilgpt2',
-};
+const MOVED = new Map<string, string>([
+  ['gpt2', 'openai-community/gpt2'],
+  ['gpt2-medium', 'openai-community/gpt2-medium'],
+  ['gpt2-large', 'openai-community/gpt2-large'],
+  ['gpt2-xl', 'openai-community/gpt2-xl'],
+  ['distilgpt2', 'distilbert/distilgpt2'],
+]);
+const MOVED_FROM = new Map([...MOVED].map(([old, now]) => [now, old]));
 
 /** The repo id to download `id` under today. */
-export const currentRepoId = (id: string): string => MOVED[id] ?? id;
+export const currentRepoId = (id: string): string => MOVED.get(id) ?? id;
+
+// huggingface_hub expands ~ in these variables.
+const expandHome = (p: string) => (p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p);
 
 const REPO_ID = /^(?:[A-Za-z0-9][A-Za-z0-9._-]*\/)?[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.HF_HUB_CACHE) return env.HF_HUB_CACHE;
-  if (env.HUGGINGFACE_HUB_CACHE) return env.HUGGINGFACE_HUB_CACHE;
-  if (env.HF_HOME) return path.join(env.HF_HOME, 'hub');
-  const xdg = env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  if (env.HF_HUB_CACHE) return expandHome(env.HF_HUB_CACHE);
+  if (env.HUGGINGFACE_HUB_CACHE) return expandHome(env.HUGGINGFACE_HUB_CACHE);
+  if (env.HF_HOME) return path.join(expandHome(env.HF_HOME), 'hub');
+  const xdg = env.XDG_CACHE_HOME ? expandHome(env.XDG_CACHE_HOME) : path.join(os.homedir(), '.cache');
   return path.join(xdg, 'huggingface', 'hub');
 }
 
@@ -44,18 +48,30 @@ export interface HubLookup {
   searched: string[];
 }
 
-/** Finds the snapshot of repo `id` (and of its new name for a moved GPT-2) at revision main. */
+/**
+ * Finds the snapshot of repo `id` at revision main, under its old or new name for a moved GPT-2
+ * (from_pretrained('gpt2') caches under models--gpt2). A snapshot with safetensors wins over one
+ * without (an old cache may hold only pytorch_model.bin; loading then says so).
+ */
 export async function findInHubCache(id: string, env: NodeJS.ProcessEnv = process.env): Promise<HubLookup> {
   const cache = hubCacheDir(env);
-  const ids = MOVED[id] ? [id, MOVED[id]] : [id];
+  const other = MOVED.get(id) ?? MOVED_FROM.get(id);
   const searched: string[] = [];
-  for (const repo of ids) {
+  let fallback: string | undefined;
+  for (const repo of other ? [id, other] : [id]) {
     const folder = path.join(cache, `models--${repo.replace('/', '--')}`);
     searched.push(folder);
     const dir = await snapshotOf(folder);
-    if (dir) return { dir, searched };
+    if (!dir) continue;
+    if (await hasSafetensors(dir)) return { dir, searched };
+    fallback ??= dir;
   }
-  return { searched };
+  return { dir: fallback, searched };
+}
+
+async function hasSafetensors(dir: string): Promise<boolean> {
+  const isFile = (f: string) => fs.stat(path.join(dir, f)).then((s) => s.isFile(), () => false);
+  return (await isFile('model.safetensors')) || (await isFile('model.safetensors.index.json'));
 }
 
 async function snapshotOf(folder: string): Promise<string | undefined> {

@@ -3,6 +3,7 @@
 // it (refs/main -> snapshots/<commit>/ of relative symlinks into blobs/), never downloaded.
 import * as crypto from 'crypto';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 
 import { ModelFormatError, loadModel } from '../lib';
@@ -72,6 +73,22 @@ test("the old bare name 'gpt2' also finds openai-community/gpt2", async () => {
   expect(sameBits((await logitsOf('gpt2')).logits, want)).toBe(true);
 });
 
+test("and the other way: 'openai-community/gpt2' finds what from_pretrained('gpt2') cached as models--gpt2", async () => {
+  process.env.HF_HUB_CACHE = fakeHubCache(dir, 'gpt2');
+  expect(sameBits((await logitsOf('openai-community/gpt2')).logits, want)).toBe(true);
+});
+
+test('a snapshot with safetensors wins over an older one with only pytorch_model.bin', async () => {
+  const cache = fakeHubCache(dir, 'openai-community/gpt2');
+  // an old from_pretrained('gpt2') download: config and pytorch_model.bin, no safetensors
+  const old = path.join(cache, 'models--gpt2', 'snapshots', 'e7da7f221d5bf496a48136c0cd264e630fe9fcc8');
+  fs.mkdirSync(old, { recursive: true });
+  fs.copyFileSync(path.join(dir, 'config.json'), path.join(old, 'config.json'));
+  fs.writeFileSync(path.join(old, 'pytorch_model.bin'), 'not read');
+  process.env.HF_HUB_CACHE = cache;
+  expect(sameBits((await logitsOf('gpt2')).logits, want)).toBe(true);
+});
+
 test('without refs/main, a single snapshot is used', async () => {
   process.env.HF_HUB_CACHE = fakeHubCache(dir, 'someone/tiny-gpt2', { refsMain: false });
   expect(sameBits((await logitsOf('someone/tiny-gpt2')).logits, want)).toBe(true);
@@ -90,6 +107,12 @@ test('a repo id in neither place: ModelFormatError naming the folders looked at 
   expect(err!.message).toContain('huggingface-cli download openai-community/gpt2');
 });
 
+test('names of Object.prototype members are ordinary repo ids', async () => {
+  process.env.HF_HUB_CACHE = path.join(scratchDir('hub-empty'), 'hub');
+  for (const id of ['constructor', 'toString', '__proto__'])
+    await expect(loadModel(id, CPU)).rejects.toThrow(id === '__proto__' ? /not a directory|not in the Hugging Face cache/ : /not in the Hugging Face cache/);
+});
+
 test('a path that does not exist is not looked up as a repo id', async () => {
   await expect(loadModel('./no/such/checkpoint', CPU)).rejects.toThrow(/not a directory/);
   await expect(loadModel('/no/such/checkpoint', CPU)).rejects.toThrow(/not a directory/);
@@ -100,4 +123,5 @@ test('the cache location follows huggingface_hub: HF_HUB_CACHE, HF_HOME/hub, XDG
   expect(hubCacheDir({ HF_HOME: '/b', XDG_CACHE_HOME: '/c' })).toBe(path.join('/b', 'hub'));
   expect(hubCacheDir({ XDG_CACHE_HOME: '/c' })).toBe(path.join('/c', 'huggingface', 'hub'));
   expect(hubCacheDir({})).toMatch(/\.cache\/huggingface\/hub$/);
+  expect(hubCacheDir({ HF_HOME: '~/hf' })).toBe(path.join(os.homedir(), 'hf', 'hub')); // ~ expanded
 });

@@ -8,12 +8,12 @@
 namespace llmcore {
 
 std::unique_ptr<Engine> Engine::create(const EngineOptions& o) {
+  if (o.kv_dtype != "f32" && o.kv_dtype != "f16")  // before the (slow) weight load
+    throw Error(E_OPTION, "[engine] KV-cache dtype '" + o.kv_dtype + "': expected 'f32' or 'f16'");
   std::unique_ptr<Engine> e(new Engine());
   e->backend_ = create_backend(o.device, o.threads);
   e->model_ = Gpt2Model::load(*e->backend_, o.files, o.config, o.dtype);
   const Gpt2Config& c = e->model_->config();
-  if (o.kv_dtype != "f32" && o.kv_dtype != "f16")
-    throw Error(E_OPTION, "[engine] kvCacheDtype '" + o.kv_dtype + "': expected 'f32' or 'f16'");
   e->kv_ = std::make_unique<KvCache>(*e->backend_, int(c.n_layer), c.n_embd, int(c.n_head),
                                      o.kv_dtype == "f16" ? DType::F16 : DType::F32);
   ThreadPool* pool = e->backend_->host_pool();

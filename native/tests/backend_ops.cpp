@@ -172,6 +172,10 @@ void test_attention(Backend& be, const std::string& name, bool quick, DType kv_d
       {2, 16, {{5, 3}}},          {3, 24, {{0, 19}}},
       {2, 32, {{9, 6}, {0, 1}}},  {1, 128, {{7, 9}, {0, 2}}},
       {2, 104, {{13, 4}}},
+      // decode tasks of several heads (CpuBackend::attention, 2 threads): 5 heads in groups of
+      // 2, 2, 1; 12 heads in groups of 4 next to a prefill sequence of one head per task
+      {5, 8, {{3, 1}, {17, 1}, {0, 1}, {30, 1}}},
+      {12, 16, {{5, 1}, {20, 1}, {33, 1}, {0, 40}}},
   };
   if (!quick) cases.push_back({2, 64, {{0, 1024}}}), cases.push_back({2, 64, {{1023, 1}, {0, 1}}});
   const int L = 2, layer = 1;
