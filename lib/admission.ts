@@ -26,6 +26,14 @@ export interface KvStats {
   queuedRequests: number;
 }
 
+/** What a running request holds; it gives back parts as its sequences end, the rest at the end. */
+export interface Reservation {
+  /** Returns `blocks` and `seqs` of it now (a sequence that ended); clamped to what is left. */
+  returnPart(blocks: number, seqs: number): void;
+  /** Returns whatever is left; later calls do nothing. */
+  release(): void;
+}
+
 interface Waiter {
   blocks: number;
   seqs: number;
@@ -53,11 +61,11 @@ export class Admission {
   }
 
   /**
-   * Waits until `blocks` and `seqs` fit, then reserves them. Resolves to the release function,
-   * or to null when `signal` aborts first. Throws OptionError at once for a request that could
-   * never fit, naming `what` and the load option to raise.
+   * Waits until `blocks` and `seqs` fit, then reserves them. Resolves to the reservation, or to
+   * null when `signal` aborts first. Throws OptionError at once for a request that could never
+   * fit, naming `what` and the load option to raise.
    */
-  async acquire(what: string, blocks: number, seqs: number, signal?: AbortSignal): Promise<(() => void) | null> {
+  async acquire(what: string, blocks: number, seqs: number, signal?: AbortSignal): Promise<Reservation | null> {
     const b = this.budget;
     if (blocks > b.capacityBlocks) {
       const mib = (n: number) => `${((n * b.blockBytes) / 2 ** 20).toFixed(1)} MiB`;
@@ -75,7 +83,7 @@ export class Admission {
     if (this.closed) throw this.closed;
     if (signal?.aborted) return null;
     if (this.queue.length === 0 && this.fits(blocks, seqs)) return this.reserve(blocks, seqs);
-    return new Promise<(() => void) | null>((resolve, reject) => {
+    return new Promise<Reservation | null>((resolve, reject) => {
       const onAbort = () => {
         const i = this.queue.indexOf(waiter);
         if (i >= 0) this.queue.splice(i, 1);
@@ -120,16 +128,24 @@ export class Admission {
       this.activeSequences + seqs <= this.budget.maxSequences;
   }
 
-  private reserve(blocks: number, seqs: number): () => void {
+  private reserve(blocks: number, seqs: number): Reservation {
     this.reservedBlocks += blocks;
     this.activeSequences += seqs;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      this.reservedBlocks -= blocks;
-      this.activeSequences -= seqs;
+    let heldBlocks = blocks;
+    let heldSeqs = seqs;
+    const give = (b: number, s: number) => {
+      b = Math.min(Math.max(0, b), heldBlocks);
+      s = Math.min(Math.max(0, s), heldSeqs);
+      if (b === 0 && s === 0) return;
+      heldBlocks -= b;
+      heldSeqs -= s;
+      this.reservedBlocks -= b;
+      this.activeSequences -= s;
       this.admitWaiting();
+    };
+    return {
+      returnPart: give,
+      release: () => give(heldBlocks, heldSeqs),
     };
   }
 

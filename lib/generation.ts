@@ -104,6 +104,8 @@ class SequenceRun implements ActiveSequence {
   readonly params: Float32Array;
   readonly out: GeneratedSequence = { text: '', tokens: [], finishReason: 'length' };
   firstTokenAt = 0;
+  /** Called once when the sequence ends, after its native release is queued. */
+  onEnd?: () => void;
   private emittedText = 0;
   private emittedTokens = 0;
   private readonly decoder;
@@ -194,6 +196,7 @@ class SequenceRun implements ActiveSequence {
 
   private release(): void {
     this.ctx.scheduler.exclusive((e) => e.releaseSequence(this.id)).catch(() => undefined);
+    this.onEnd?.();
   }
 }
 
@@ -236,8 +239,13 @@ export async function runPrompt(
   // Wait for room in the KV cache: P - 1 prompt positions shared, each sequence grows to
   // P + budget - 1 (its last sampled token is never fed).
   const P = promptTokens.length;
-  const release = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, n), n, opts.signal);
-  if (!release) return result(empty('abort'), 0);
+  const reservation = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, n), n, opts.signal);
+  if (!reservation) return result(empty('abort'), 0);
+  // A sequence that ends early (eos, stop, abort) returns its own blocks at once; the prompt's
+  // shared blocks go back when the last one ends. Its native release runs between steps, before
+  // any request admitted with those blocks gets a native sequence (scheduler order), so the
+  // blocks really in use never exceed the budget.
+  const ownBlocks = admission.blocksFor(P - 1, P + budget - 1, 1) - admission.blocksFor(P - 1, P - 1, 0);
   try {
     // The prompt but its last token goes into one sequence; forks share that KV cache; each then
     // feeds the last prompt token and samples its own continuation.
@@ -268,6 +276,7 @@ export async function runPrompt(
     }
     const last = promptTokens[promptTokens.length - 1];
     const runs = ids.map((id, i) => new SequenceRun(id, i, last, budget, ctx, opts, onChunk));
+    for (const r of runs) r.onEnd = () => reservation.returnPart(ownBlocks, 1);
     const onAbort = () => runs.forEach((r) => r.abort());
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -279,6 +288,6 @@ export async function runPrompt(
     const firstAt = Math.max(...runs.map((r) => r.firstTokenAt));
     return result(runs.map((r) => r.out), firstAt);
   } finally {
-    release();
+    reservation.release();
   }
 }

@@ -216,7 +216,7 @@ export class Model {
     const V = this.config.vocabSize;
     const out = new Float32Array(tokenIds.length * V);
     let filled = 0;
-    const release = (await this.admission.acquire('logits', this.admission.blocksFor(0, tokenIds.length, 1), 1))!;
+    const reservation = (await this.admission.acquire('logits', this.admission.blocksFor(0, tokenIds.length, 1), 1))!;
     try {
       const id = await this.scheduler.exclusive((e) => e.newSequence(0));
       try {
@@ -228,7 +228,7 @@ export class Model {
         this.scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
       }
     } finally {
-      release();
+      reservation.release();
     }
     return out;
   }

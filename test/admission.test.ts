@@ -2,6 +2,7 @@
 // maxSequences) wait their turn instead of growing the cache without bound; results do not
 // depend on the budget; requests that could never fit fail at once with an OptionError.
 import { DisposedError, OptionError, type GenerateOptions, type Model } from '../lib';
+import { Admission, type Reservation } from '../lib/admission';
 import { CPU, freshModel, model, tokenSequence, type CheckpointOptions } from './helpers/fixtures';
 
 const TINY: CheckpointOptions = { preset: 'tiny' };
@@ -158,6 +159,58 @@ test('an f16 KV cache fits twice the blocks in the same kvCacheBytes, and runs t
     expect(peak.active).toBeGreaterThan(3);
     expect(peak.active).toBeLessThanOrEqual(6);
     expect(peak.native).toBeLessThanOrEqual(12);
+  } finally {
+    m.dispose();
+  }
+});
+
+test('a reservation gives back parts as sequences end; the rest once; a waiting request is admitted as soon as it fits', async () => {
+  const a = new Admission({ blockTokens: 16, blockBytes: 1, capacityBlocks: 10, maxSequences: 4 });
+  const first = (await a.acquire('first', 9, 4))!; // 1 shared block + 4 sequences x 2
+  let second: Reservation | null = null;
+  const waiting = a.acquire('second', 3, 1).then((r) => (second = r));
+  await Promise.resolve();
+  expect(second).toBeNull();
+  expect(a.stats()).toMatchObject({ reservedBlocks: 9, activeSequences: 4, queuedRequests: 1 });
+  first.returnPart(2, 1); // one sequence ended: 7 blocks, 3 sequences left
+  await waiting;
+  expect(second).not.toBeNull();
+  expect(a.stats()).toMatchObject({ reservedBlocks: 10, activeSequences: 4, queuedRequests: 0 });
+  first.returnPart(100, 100); // clamped to what is left (7 blocks, 3 sequences)
+  expect(a.stats()).toMatchObject({ reservedBlocks: 3, activeSequences: 1 });
+  first.release(); // nothing left: no-op
+  second!.release();
+  expect(a.stats()).toMatchObject({ reservedBlocks: 0, activeSequences: 0 });
+});
+
+test('forks that stop early return their blocks: a waiting request starts before the first one ends, within the budget', async () => {
+  // 10-token prompt, up to 40 new tokens: 4 blocks per sequence, none shared. The first request
+  // (4 forks) takes all 16 blocks; the second (1 sequence, 4 blocks) fits once one fork ends.
+  const m = await freshModel(TINY, { ...CPU, kvCacheBytes: 16 * blockBytes });
+  try {
+    const prompt = tokenSequence(10, 7);
+    const opts = (seed: number, n: number): GenerateOptions =>
+      ({ doSample: true, topK: 0, seed, maxNewTokens: 40, numReturnSequences: n, stop: [' a'] });
+    const t0 = performance.now();
+    let firstEnd = 0;
+    const { result, peak } = await watched(m, () =>
+      Promise.all([
+        m.generate(prompt, opts(5, 4)).then((r) => ((firstEnd = performance.now()), r)),
+        m.generate(tokenSequence(10, 8), { ...opts(6, 1), stop: [] }),
+      ]),
+    );
+    const [a, b] = result;
+    const want = [await unbounded.generate(prompt, opts(5, 4)), await unbounded.generate(tokenSequence(10, 8), { ...opts(6, 1), stop: [] })];
+    expect(a.sequences.map((s) => s.tokens)).toEqual(want[0].sequences.map((s) => s.tokens));
+    expect(b.sequences.map((s) => s.tokens)).toEqual(want[1].sequences.map((s) => s.tokens));
+    // the first request's forks end at different lengths (the premise of this test) ...
+    const lengths = a.sequences.map((s) => s.tokens.length);
+    expect(Math.min(...lengths)).toBeLessThan(Math.max(...lengths));
+    // ... so the second got its first token before the first request was over
+    expect(t0 + b.stats.prefillMs).toBeLessThan(firstEnd);
+    expect(peak.reserved).toBeLessThanOrEqual(16);
+    expect(peak.native).toBeLessThanOrEqual(16);
+    expect(m.kvStats()).toMatchObject({ reservedBlocks: 0, activeSequences: 0, queuedRequests: 0 });
   } finally {
     m.dispose();
   }
