@@ -77,7 +77,7 @@ function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
   return { device, threads, dtype, kvCacheBytes, maxSequences, kvCacheDtype };
 }
 
-/** Loads a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, tokenizer). */
+/** Loads a Hugging Face GPT-2 checkpoint directory (config.json, model.safetensors, tokenizer), or a repo id from the local HF cache. */
 export async function loadModel(dir: string, options?: LoadOptions): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw new OptionError('[loadModel] dir must be a non-empty path');
   const opts = checkLoadOptions(options);
