@@ -99,8 +99,10 @@ Napi::Function EngineWrap::define(Napi::Env env) {
 }
 
 EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+  // Moved out, not copied: the External lives until the garbage collector takes it, and a copy
+  // left in it would keep the engine (all its weights) alive after dispose().
   if (info.Length() == 1 && info[0].IsExternal())
-    engine_ = *info[0].As<Napi::External<std::shared_ptr<Engine>>>().Data();
+    engine_ = std::move(*info[0].As<Napi::External<std::shared_ptr<Engine>>>().Data());
   else
     throw_js(info.Env(), E_OPTION, "[native] Engine objects come from loadEngine()");
 }
