@@ -9,7 +9,7 @@ import type { GenerateOptions } from './options';
 
 const USAGE = `usage:
   llmcore generate PROMPT --model DIR [options]
-      --max-length N  --max-new-tokens N  --num-return-sequences N
+      --max-length N  --max-new-tokens N  --min-new-tokens N  --num-return-sequences N
       --do-sample | --greedy  --temperature T  --top-k K  --top-p P
       --repetition-penalty R  --seed N  --stop STRING (repeatable)
       --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype f32|f16
@@ -33,6 +33,7 @@ async function generate(args: string[]): Promise<number> {
       model: { type: 'string' },
       'max-length': { type: 'string' },
       'max-new-tokens': { type: 'string' },
+      'min-new-tokens': { type: 'string' },
       'num-return-sequences': { type: 'string' },
       'do-sample': { type: 'boolean' },
       greedy: { type: 'boolean' },
@@ -65,6 +66,7 @@ async function generate(args: string[]): Promise<number> {
     const opts: GenerateOptions = {
       maxLength: number('max-length', values['max-length']),
       maxNewTokens: number('max-new-tokens', values['max-new-tokens']),
+      minNewTokens: number('min-new-tokens', values['min-new-tokens']),
       numReturnSequences: number('num-return-sequences', values['num-return-sequences']),
       doSample: values['do-sample'] ? true : values.greedy ? false : undefined,
       temperature: number('temperature', values.temperature),

@@ -24,6 +24,8 @@ export interface GenerationDefaults {
   doSample?: boolean;
   maxLength?: number;
   maxNewTokens?: number;
+  minNewTokens?: number;
+  minLength?: number;
   temperature?: number;
   topK?: number;
   topP?: number;
@@ -124,6 +126,8 @@ function pickDefaults(src: Json | undefined): GenerationDefaults {
   if (typeof src.do_sample === 'boolean') out.doSample = src.do_sample;
   if (num('max_length') !== undefined) out.maxLength = num('max_length');
   if (num('max_new_tokens') !== undefined) out.maxNewTokens = num('max_new_tokens');
+  if (num('min_new_tokens') !== undefined) out.minNewTokens = num('min_new_tokens');
+  if (num('min_length') !== undefined) out.minLength = num('min_length');
   if (num('temperature') !== undefined) out.temperature = num('temperature');
   if (num('top_k') !== undefined) out.topK = num('top_k');
   if (num('top_p') !== undefined) out.topP = num('top_p');

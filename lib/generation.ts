@@ -68,7 +68,7 @@ export function prefill(scheduler: Scheduler, id: number, tokens: number[], logi
       pending: tokens.slice(),
       sample: false,
       logits,
-      params: new Float32Array(5),
+      params: Float32Array.of(0, 1, 0, 1, 1, -1), // not sampled; no token suppressed
       cancelled: false,
       onStep: (_sampled, rows, drained) => {
         if (rows && onLogits) onLogits(rows);
@@ -122,12 +122,15 @@ class SequenceRun implements ActiveSequence {
     readonly index: number,
     lastPromptToken: number,
     private readonly budget: number,
+    private readonly minNewTokens: number,
     private readonly ctx: GenerationContext,
     private readonly opts: ResolvedOptions,
     private readonly onChunk?: (c: StreamChunk) => void,
   ) {
     this.pending = [lastPromptToken];
-    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty);
+    // layout: NativeStepRequest.params
+    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty, -1);
+    this.updateSuppressed();
     this.decoder = ctx.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
   }
 
@@ -135,6 +138,7 @@ class SequenceRun implements ActiveSequence {
     if (this.done || !drained) return;
     if (this.out.tokens.length === 0) this.firstTokenAt = performance.now();
     this.out.tokens.push(token);
+    this.updateSuppressed();
     if (token === this.ctx.config.eosTokenId) return this.finish('eos');
     const before = this.out.text.length;
     this.out.text += this.decoder.push(token);
@@ -192,6 +196,11 @@ class SequenceRun implements ActiveSequence {
     this.emittedText = Math.max(upTo, this.emittedText);
     this.emittedTokens = this.out.tokens.length;
     this.onChunk(chunk);
+  }
+
+  /** HF min_new_tokens: eos may not be sampled while fewer than that many tokens are out. */
+  private updateSuppressed(): void {
+    this.params[5] = this.out.tokens.length < this.minNewTokens ? this.ctx.config.eosTokenId : -1;
   }
 
   private release(): void {
@@ -275,7 +284,9 @@ export async function runPrompt(
       return result(empty('abort'), 0);
     }
     const last = promptTokens[promptTokens.length - 1];
-    const runs = ids.map((id, i) => new SequenceRun(id, i, last, budget, ctx, opts, onChunk));
+    // HF min_new_tokens and min_length (prompt included) both hold eos back; at most the budget.
+    const minNew = Math.min(budget, Math.max(opts.minNewTokens, opts.minLength - P));
+    const runs = ids.map((id, i) => new SequenceRun(id, i, last, budget, minNew, ctx, opts, onChunk));
     for (const r of runs) r.onEnd = () => reservation.returnPart(ownBlocks, 1);
     const onAbort = () => runs.forEach((r) => r.abort());
     opts.signal?.addEventListener('abort', onAbort, { once: true });

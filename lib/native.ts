@@ -35,6 +35,8 @@ export interface NativeEngineInfo {
   kvDtype: 'f32' | 'f16';
 }
 
+export const PARAMS_PER_ITEM = 6;
+
 /** One batched forward pass; item i covers tokens[sum(counts[0..i)) .. +counts[i]). */
 export interface NativeStepRequest {
   seqs: Int32Array;
@@ -43,7 +45,10 @@ export interface NativeStepRequest {
   /** 0: none, 1: last position, 2: all positions */
   logits: Uint8Array;
   sample: Uint8Array;
-  /** 5 per item: doSample (0/1), temperature, topK, topP, repetitionPenalty */
+  /**
+   * PARAMS_PER_ITEM per item: doSample (0/1), temperature, topK, topP, repetitionPenalty, and a
+   * token that may not be sampled (-1: none; eos until minNewTokens are reached)
+   */
   params: Float32Array;
 }
 

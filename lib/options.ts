@@ -8,6 +8,10 @@ export interface GenerateOptions {
   maxLength?: number;
   /** New tokens to generate; takes precedence over maxLength (HF max_new_tokens). */
   maxNewTokens?: number;
+  /** eos is not sampled before this many new tokens (HF min_new_tokens). Default 0. */
+  minNewTokens?: number;
+  /** eos is not sampled before the total length, prompt included, reaches this (HF min_length). */
+  minLength?: number;
   /** Sequences per prompt; the prompt is computed once and its KV cache forked. */
   numReturnSequences?: number;
   /** Sample (true) or greedy (false). Default: the checkpoint's generation defaults, else false. */
@@ -30,6 +34,8 @@ export interface GenerateOptions {
 export interface ResolvedOptions {
   maxLength: number | undefined;
   maxNewTokens: number | undefined;
+  minNewTokens: number;
+  minLength: number;
   numReturnSequences: number;
   doSample: boolean;
   temperature: number;
@@ -42,7 +48,7 @@ export interface ResolvedOptions {
 }
 
 const known: ReadonlySet<string> = new Set([
-  'maxLength', 'maxNewTokens', 'numReturnSequences', 'doSample', 'temperature', 'topK', 'topP',
+  'maxLength', 'maxNewTokens', 'minNewTokens', 'minLength', 'numReturnSequences', 'doSample', 'temperature', 'topK', 'topP',
   'repetitionPenalty', 'seed', 'stop', 'signal',
 ]);
 
@@ -105,6 +111,8 @@ export function resolveOptions(
   return {
     maxLength,
     maxNewTokens,
+    minNewTokens: int('minNewTokens', pick('minNewTokens') ?? 0, 0, P),
+    minLength: int('minLength', pick('minLength') ?? 0, 0, P),
     numReturnSequences: n,
     doSample,
     temperature: num('temperature', pick('temperature') ?? 1, (x) => x > 0, 'a number > 0'),

@@ -2,7 +2,7 @@
 // goes into one batched native step: pending prompt chunks and one decode token per running
 // sequence. Native sequence bookkeeping (new/fork/release) runs only between steps, so it
 // never waits on one. One loop per model; it runs while there is work and then stops.
-import type { NativeEngine, NativeStepRequest } from './native';
+import { PARAMS_PER_ITEM, type NativeEngine, type NativeStepRequest } from './native';
 import { wrapNativeError } from './errors';
 
 /** Which positions' logits a step returns for a sequence. */
@@ -142,7 +142,7 @@ export class Scheduler {
       tokens: new Int32Array(total),
       logits: new Uint8Array(n),
       sample: new Uint8Array(n),
-      params: new Float32Array(5 * n),
+      params: new Float32Array(PARAMS_PER_ITEM * n),
     };
     let offset = 0;
     batch.forEach(({ seq, tokens, take }, i) => {
@@ -153,7 +153,7 @@ export class Scheduler {
       const drained = seq.pending.length === 0;
       req.logits[i] = seq.logits;
       req.sample[i] = drained && seq.sample ? 1 : 0;
-      req.params.set(seq.params, 5 * i);
+      req.params.set(seq.params, PARAMS_PER_ITEM * i);
     });
     return req;
   }

@@ -282,6 +282,31 @@ describe('eos and stop strings', () => {
     }
   });
 
+  test('minNewTokens / minLength hold eos back: the best non-eos tokens until then (HF min_new_tokens)', async () => {
+    // As above: after [eos] with penalty 0.5, greedy's first pick is eos.
+    const prompt = [EOS];
+    const penalty = 0.5;
+    for (const [opts, held] of [[{ minNewTokens: 4 }, 4], [{ minLength: 4 }, 3]] as const) {
+      const s = (await tiny.generate(prompt, greedy({ maxNewTokens: 10, repetitionPenalty: penalty, ...opts }))).sequences[0];
+      expect(s.tokens.length).toBeGreaterThan(held);
+      expect(s.tokens.slice(0, held)).not.toContain(EOS);
+      const rows = await recomputedRows(tiny, prompt, s.tokens);
+      s.tokens.forEach((tok, i) => {
+        const x = penalize(rows[i], [...prompt, ...s.tokens.slice(0, i)], penalty);
+        if (i < held) x[EOS] = -Infinity;
+        expect(x[tok]).toBeGreaterThanOrEqual(x[argmax(x)] - 1e-5);
+      });
+      if (s.finishReason === 'eos') expect(s.tokens.indexOf(EOS)).toBe(s.tokens.length - 1);
+    }
+    // sampled: eos is one of two candidates at every step, and never taken in the first 3
+    const r = await tiny.generate(prompt, { doSample: true, topK: 2, repetitionPenalty: penalty, maxNewTokens: 10, numReturnSequences: 8, seed: 3, minNewTokens: 3 });
+    for (const seq of r.sequences) {
+      expect(seq.tokens.length).toBeGreaterThanOrEqual(4);
+      expect(seq.tokens.slice(0, 3)).not.toContain(EOS);
+    }
+    // (the same call without minNewTokens ends some of them at the first token: the test above)
+  });
+
   // A sampled continuation (diverse tokens; the seed makes it reproducible) and its stop strings.
   const sampled: GenerateOptions = { doSample: true, topK: 0, seed: 2024, maxNewTokens: 12 };
 
@@ -527,6 +552,8 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     ['repetitionPenalty 0', { repetitionPenalty: 0 }, 'repetitionPenalty'],
     ['NaN repetitionPenalty', { repetitionPenalty: NaN }, 'repetitionPenalty'],
     ['negative seed', { seed: -1 }, 'seed'],
+    ['negative minNewTokens', { minNewTokens: -1 }, 'minNewTokens'],
+    ['minLength above n_positions', { minLength: 129 }, 'minLength'],
     ['numReturnSequences 0', { numReturnSequences: 0, doSample: true }, 'numReturnSequences'],
     ['numReturnSequences > 1 when greedy', { numReturnSequences: 2, doSample: false }, 'numReturnSequences'],
     ['doSample not a boolean', { doSample: 'yes' }, 'doSample'],

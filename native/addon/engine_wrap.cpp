@@ -198,7 +198,7 @@ Napi::Value EngineWrap::kv_blocks_in_use(const Napi::CallbackInfo& info) {
 }
 
 // step({seqs: Int32Array, counts: Int32Array, tokens: Int32Array, logits: Uint8Array,
-//       sample: Uint8Array, params: Float32Array(5 per item)}) -> Promise<{sampled, logits}>
+//       sample: Uint8Array, params: Float32Array(6 per item)}) -> Promise<{sampled, logits}>
 Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = engine(env);
@@ -212,7 +212,7 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   auto params = typed<float>(req, "params");
   const size_t n = seqs.ElementLength();
   if (counts.ElementLength() != n || logits.ElementLength() != n || sample.ElementLength() != n ||
-      params.ElementLength() != 5 * n)
+      params.ElementLength() != 6 * n)
     throw_js(env, E_OPTION, "[native] step: seqs, counts, logits, sample, params lengths disagree");
   std::vector<StepItem> items(n);
   size_t offset = 0;
@@ -227,8 +227,8 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
     if (logits[i] > 2) throw_js(env, E_OPTION, "[native] step: logits mode must be 0, 1 or 2");
     it.logits = LogitsMode(logits[i]);
     it.sample = sample[i] != 0;
-    const float* p = params.Data() + 5 * i;
-    it.params = SamplingParams{p[0] != 0.f, p[1], int32_t(p[2]), p[3], p[4]};
+    const float* p = params.Data() + 6 * i;
+    it.params = SamplingParams{p[0] != 0.f, p[1], int32_t(p[2]), p[3], p[4], int32_t(p[5])};
   }
   if (offset != tokens.ElementLength()) throw_js(env, E_OPTION, "[native] step: counts do not cover tokens");
   auto* worker = new StepWorker(env, e, std::move(items));

@@ -14,6 +14,7 @@ struct SamplingParams {
   int32_t top_k = 0;          // 0: off
   float top_p = 1.0f;         // in (0, 1]; 1: off
   float repetition_penalty = 1.0f;  // > 0; 1: off
+  int32_t suppress_token = -1;      // a token that may not be picked (minNewTokens: eos); -1: none
 };
 
 // xoshiro256**, seeded through splitmix64.
