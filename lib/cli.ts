@@ -10,6 +10,7 @@ import type { GenerateOptions } from './options';
 const USAGE = `usage:
   llmcore generate PROMPT --model DIR [options]
       --max-length N  --max-new-tokens N  --min-new-tokens N  --num-return-sequences N
+      --no-repeat-ngram-size N
       --do-sample | --greedy  --temperature T  --top-k K  --top-p P
       --repetition-penalty R  --seed N  --stop STRING (repeatable)
       --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype f32|f16
@@ -34,6 +35,7 @@ async function generate(args: string[]): Promise<number> {
       'max-length': { type: 'string' },
       'max-new-tokens': { type: 'string' },
       'min-new-tokens': { type: 'string' },
+      'no-repeat-ngram-size': { type: 'string' },
       'num-return-sequences': { type: 'string' },
       'do-sample': { type: 'boolean' },
       greedy: { type: 'boolean' },
@@ -67,6 +69,7 @@ async function generate(args: string[]): Promise<number> {
       maxLength: number('max-length', values['max-length']),
       maxNewTokens: number('max-new-tokens', values['max-new-tokens']),
       minNewTokens: number('min-new-tokens', values['min-new-tokens']),
+      noRepeatNgramSize: number('no-repeat-ngram-size', values['no-repeat-ngram-size']),
       numReturnSequences: number('num-return-sequences', values['num-return-sequences']),
       doSample: values['do-sample'] ? true : values.greedy ? false : undefined,
       temperature: number('temperature', values.temperature),

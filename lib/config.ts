@@ -26,6 +26,8 @@ export interface GenerationDefaults {
   maxNewTokens?: number;
   minNewTokens?: number;
   minLength?: number;
+  noRepeatNgramSize?: number;
+  badWordsIds?: unknown;
   temperature?: number;
   topK?: number;
   topP?: number;
@@ -128,6 +130,8 @@ function pickDefaults(src: Json | undefined): GenerationDefaults {
   if (num('max_new_tokens') !== undefined) out.maxNewTokens = num('max_new_tokens');
   if (num('min_new_tokens') !== undefined) out.minNewTokens = num('min_new_tokens');
   if (num('min_length') !== undefined) out.minLength = num('min_length');
+  if (num('no_repeat_ngram_size') !== undefined) out.noRepeatNgramSize = num('no_repeat_ngram_size');
+  if (src.bad_words_ids !== undefined && src.bad_words_ids !== null) out.badWordsIds = src.bad_words_ids; // checked by resolveOptions
   if (num('temperature') !== undefined) out.temperature = num('temperature');
   if (num('top_k') !== undefined) out.topK = num('top_k');
   if (num('top_p') !== undefined) out.topP = num('top_p');

@@ -68,7 +68,8 @@ export function prefill(scheduler: Scheduler, id: number, tokens: number[], logi
       pending: tokens.slice(),
       sample: false,
       logits,
-      params: Float32Array.of(0, 1, 0, 1, 1, -1), // not sampled; no token suppressed
+      params: Float32Array.of(0, 1, 0, 1, 1), // not sampled
+      banned: [],
       cancelled: false,
       onStep: (_sampled, rows, drained) => {
         if (rows && onLogits) onLogits(rows);
@@ -104,6 +105,8 @@ class SequenceRun implements ActiveSequence {
   readonly params: Float32Array;
   readonly out: GeneratedSequence = { text: '', tokens: [], finishReason: 'length' };
   firstTokenAt = 0;
+  /** Tokens the next sample may not be: eos before minNewTokens, noRepeatNgramSize, badWordsIds. */
+  banned: number[] = [];
   /** Called once when the sequence ends, after its native release is queued. */
   onEnd?: () => void;
   private emittedText = 0;
@@ -120,17 +123,17 @@ class SequenceRun implements ActiveSequence {
   constructor(
     readonly id: number,
     readonly index: number,
-    lastPromptToken: number,
+    private readonly prompt: readonly number[],
     private readonly budget: number,
     private readonly minNewTokens: number,
     private readonly ctx: GenerationContext,
     private readonly opts: ResolvedOptions,
     private readonly onChunk?: (c: StreamChunk) => void,
   ) {
-    this.pending = [lastPromptToken];
+    this.pending = [prompt[prompt.length - 1]];
     // layout: NativeStepRequest.params
-    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty, -1);
-    this.updateSuppressed();
+    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty);
+    this.updateBanned();
     this.decoder = ctx.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
   }
 
@@ -138,7 +141,7 @@ class SequenceRun implements ActiveSequence {
     if (this.done || !drained) return;
     if (this.out.tokens.length === 0) this.firstTokenAt = performance.now();
     this.out.tokens.push(token);
-    this.updateSuppressed();
+    this.updateBanned();
     if (token === this.ctx.config.eosTokenId) return this.finish('eos');
     const before = this.out.text.length;
     this.out.text += this.decoder.push(token);
@@ -198,9 +201,36 @@ class SequenceRun implements ActiveSequence {
     this.onChunk(chunk);
   }
 
-  /** HF min_new_tokens: eos may not be sampled while fewer than that many tokens are out. */
-  private updateSuppressed(): void {
-    this.params[5] = this.out.tokens.length < this.minNewTokens ? this.ctx.config.eosTokenId : -1;
+  /**
+   * The bans of HF's MinNewTokensLength, NoRepeatNGram and NoBadWords logits processors, over
+   * the prompt and the tokens so far.
+   */
+  private updateBanned(): void {
+    const banned: number[] = [];
+    const gen = this.out.tokens;
+    if (gen.length < this.minNewTokens) banned.push(this.ctx.config.eosTokenId);
+    const n = this.opts.noRepeatNgramSize;
+    const bad = this.opts.badWordsIds;
+    if (n > 0 || bad.length > 0) {
+      const h = this.prompt.concat(gen);
+      const L = h.length;
+      // every n-gram seen so far whose first n - 1 tokens are the last n - 1: its last is banned
+      if (n > 0 && L + 1 >= n) {
+        for (let i = 0; i + n <= L; i++) {
+          let match = true;
+          for (let j = 0; j < n - 1 && match; j++) match = h[i + j] === h[L - n + 1 + j];
+          if (match) banned.push(h[i + n - 1]);
+        }
+      }
+      // a bad word's last token, once the text ends with the rest of it (at once if one token)
+      for (const w of bad) {
+        const k = w.length - 1;
+        let match = k <= L;
+        for (let j = 0; j < k && match; j++) match = h[L - k + j] === w[j];
+        if (match) banned.push(w[k]);
+      }
+    }
+    this.banned = banned;
   }
 
   private release(): void {
@@ -283,10 +313,9 @@ export async function runPrompt(
       void releaseAll(ids);
       return result(empty('abort'), 0);
     }
-    const last = promptTokens[promptTokens.length - 1];
     // HF min_new_tokens and min_length (prompt included) both hold eos back; at most the budget.
     const minNew = Math.min(budget, Math.max(opts.minNewTokens, opts.minLength - P));
-    const runs = ids.map((id, i) => new SequenceRun(id, i, last, budget, minNew, ctx, opts, onChunk));
+    const runs = ids.map((id, i) => new SequenceRun(id, i, promptTokens, budget, minNew, ctx, opts, onChunk));
     for (const r of runs) r.onEnd = () => reservation.returnPart(ownBlocks, 1);
     const onAbort = () => runs.forEach((r) => r.abort());
     opts.signal?.addEventListener('abort', onAbort, { once: true });

@@ -12,6 +12,10 @@ export interface GenerateOptions {
   minNewTokens?: number;
   /** eos is not sampled before the total length, prompt included, reaches this (HF min_length). */
   minLength?: number;
+  /** No n-gram of this size occurs twice in prompt + continuation (HF no_repeat_ngram_size; 0: off). */
+  noRepeatNgramSize?: number;
+  /** Token sequences that never appear in the continuation (HF bad_words_ids). */
+  badWordsIds?: number[][];
   /** Sequences per prompt; the prompt is computed once and its KV cache forked. */
   numReturnSequences?: number;
   /** Sample (true) or greedy (false). Default: the checkpoint's generation defaults, else false. */
@@ -36,6 +40,8 @@ export interface ResolvedOptions {
   maxNewTokens: number | undefined;
   minNewTokens: number;
   minLength: number;
+  noRepeatNgramSize: number;
+  badWordsIds: number[][];
   numReturnSequences: number;
   doSample: boolean;
   temperature: number;
@@ -48,7 +54,7 @@ export interface ResolvedOptions {
 }
 
 const known: ReadonlySet<string> = new Set([
-  'maxLength', 'maxNewTokens', 'minNewTokens', 'minLength', 'numReturnSequences', 'doSample', 'temperature', 'topK', 'topP',
+  'maxLength', 'maxNewTokens', 'minNewTokens', 'minLength', 'noRepeatNgramSize', 'badWordsIds', 'numReturnSequences', 'doSample', 'temperature', 'topK', 'topP',
   'repetitionPenalty', 'seed', 'stop', 'signal',
 ]);
 
@@ -64,6 +70,17 @@ function num(name: string, v: unknown, ok: (x: number) => boolean, expected: str
   if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v))
     throw new OptionError(`[generate] option ${name} must be ${expected}, got ${String(v)}`);
   return v;
+}
+
+function badWords(v: unknown, vocabSize: number): number[][] {
+  if (v === undefined || v === null) return [];
+  const ok = Array.isArray(v) && v.every((w) => Array.isArray(w) && w.length > 0 &&
+    w.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize));
+  if (!ok)
+    throw new OptionError(
+      `[generate] option badWordsIds must be an array of non-empty arrays of token ids below vocab_size=${vocabSize}`,
+    );
+  return v as number[][];
 }
 
 export function resolveOptions(
@@ -113,6 +130,8 @@ export function resolveOptions(
     maxNewTokens,
     minNewTokens: int('minNewTokens', pick('minNewTokens') ?? 0, 0, P),
     minLength: int('minLength', pick('minLength') ?? 0, 0, P),
+    noRepeatNgramSize: int('noRepeatNgramSize', pick('noRepeatNgramSize') ?? 0, 0, P),
+    badWordsIds: badWords(pick('badWordsIds'), config.vocabSize),
     numReturnSequences: n,
     doSample,
     temperature: num('temperature', pick('temperature') ?? 1, (x) => x > 0, 'a number > 0'),

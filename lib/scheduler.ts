@@ -19,6 +19,8 @@ export interface ActiveSequence {
   logits: LogitsMode;
   /** doSample, temperature, topK, topP, repetitionPenalty */
   params: Float32Array;
+  /** Tokens its next sample may not be (kept up to date by the owner). */
+  banned: readonly number[];
   /** Set by the owner to leave the batch before the next step. */
   cancelled: boolean;
   /** After each step it took part in. drained: pending is empty; sampled: the new token or -1. */
@@ -136,6 +138,8 @@ export class Scheduler {
   private request(batch: Array<{ seq: ActiveSequence; tokens: number[]; take: number }>): NativeStepRequest {
     const n = batch.length;
     const total = batch.reduce((s, b) => s + b.take, 0);
+    const sampled = (seq: ActiveSequence) => seq.pending.length === 0 && seq.sample;
+    const totalBanned = batch.reduce((s, b) => s + (sampled(b.seq) ? b.seq.banned.length : 0), 0);
     const req: NativeStepRequest = {
       seqs: new Int32Array(n),
       counts: new Int32Array(n),
@@ -143,8 +147,11 @@ export class Scheduler {
       logits: new Uint8Array(n),
       sample: new Uint8Array(n),
       params: new Float32Array(PARAMS_PER_ITEM * n),
+      banned: new Int32Array(totalBanned),
+      bannedCounts: new Int32Array(n),
     };
     let offset = 0;
+    let bannedOffset = 0;
     batch.forEach(({ seq, tokens, take }, i) => {
       req.seqs[i] = seq.id;
       req.counts[i] = take;
@@ -154,6 +161,11 @@ export class Scheduler {
       req.logits[i] = seq.logits;
       req.sample[i] = drained && seq.sample ? 1 : 0;
       req.params.set(seq.params, PARAMS_PER_ITEM * i);
+      if (sampled(seq)) {
+        req.banned.set(seq.banned, bannedOffset);
+        req.bannedCounts[i] = seq.banned.length;
+        bannedOffset += seq.banned.length;
+      }
     });
     return req;
   }

@@ -307,6 +307,52 @@ describe('eos and stop strings', () => {
     // (the same call without minNewTokens ends some of them at the first token: the test above)
   });
 
+  /** n-grams of size n in h (as strings), each with the positions it starts at. */
+  function ngrams(h: number[], n: number): Map<string, number[]> {
+    const m = new Map<string, number[]>();
+    for (let i = 0; i + n <= h.length; i++) {
+      const k = h.slice(i, i + n).join(',');
+      m.set(k, [...(m.get(k) ?? []), i]);
+    }
+    return m;
+  }
+
+  test('noRepeatNgramSize: no n-gram twice in prompt + continuation; each pick the best allowed one', async () => {
+    const prompt = tokenSequence(5, 11);
+    const plain = (await tiny.generate(prompt, greedy({ maxNewTokens: 24 }))).sequences[0].tokens;
+    for (const n of [1, 2, 3]) expect([...ngrams([...prompt, ...plain], n).values()].some((p) => p.length > 1)).toBe(true); // greedy repeats
+    for (const n of [1, 2, 3]) {
+      const gen = (await tiny.generate(prompt, greedy({ maxNewTokens: 24, noRepeatNgramSize: n }))).sequences[0].tokens;
+      expect(gen).toHaveLength(24);
+      const h = [...prompt, ...gen];
+      expect([...ngrams(h, n).values()].every((p) => p.length === 1)).toBe(true);
+      const rows = await recomputedRows(tiny, prompt, gen);
+      gen.forEach((tok, i) => {
+        const x = Float32Array.from(rows[i]);
+        const before = h.slice(0, prompt.length + i);
+        const tail = before.slice(before.length - (n - 1)).join(',');
+        for (let j = 0; j + n <= before.length; j++)
+          if (before.slice(j, j + n - 1).join(',') === tail) x[before[j + n - 1]] = -Infinity;
+        expect(x[tok]).toBeGreaterThanOrEqual(x[argmax(x)] - 1e-5);
+      });
+    }
+  });
+
+  test('badWordsIds: a one-token word never appears; a two-token word never completes', async () => {
+    const prompt = tokenSequence(5, 11);
+    const plain = (await tiny.generate(prompt, greedy({ maxNewTokens: 16 }))).sequences[0].tokens;
+    const single = plain[0];
+    const gen1 = (await tiny.generate(prompt, greedy({ maxNewTokens: 16, badWordsIds: [[single]] }))).sequences[0].tokens;
+    expect(gen1).not.toContain(single);
+    // a pair the plain continuation produces: its second token may still appear, not after the first
+    const pair = [plain[0], plain[1]];
+    const gen2 = (await tiny.generate(prompt, greedy({ maxNewTokens: 16, badWordsIds: [pair] }))).sequences[0].tokens;
+    const h = [...prompt, ...gen2];
+    expect(h.some((t, i) => i > 0 && h[i - 1] === pair[0] && t === pair[1])).toBe(false);
+    expect(gen2[0]).toBe(plain[0]); // the first token alone is allowed
+    expect(gen2[1]).not.toBe(plain[1]);
+  });
+
   // A sampled continuation (diverse tokens; the seed makes it reproducible) and its stop strings.
   const sampled: GenerateOptions = { doSample: true, topK: 0, seed: 2024, maxNewTokens: 12 };
 
@@ -554,6 +600,10 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     ['negative seed', { seed: -1 }, 'seed'],
     ['negative minNewTokens', { minNewTokens: -1 }, 'minNewTokens'],
     ['minLength above n_positions', { minLength: 129 }, 'minLength'],
+    ['negative noRepeatNgramSize', { noRepeatNgramSize: -1 }, 'noRepeatNgramSize'],
+    ['badWordsIds not nested', { badWordsIds: [5] }, 'badWordsIds'],
+    ['badWordsIds with an empty word', { badWordsIds: [[]] }, 'badWordsIds'],
+    ['badWordsIds beyond the vocabulary', { badWordsIds: [[50257]] }, 'badWordsIds'],
     ['numReturnSequences 0', { numReturnSequences: 0, doSample: true }, 'numReturnSequences'],
     ['numReturnSequences > 1 when greedy', { numReturnSequences: 2, doSample: false }, 'numReturnSequences'],
     ['doSample not a boolean', { doSample: 'yes' }, 'doSample'],

@@ -198,7 +198,8 @@ Napi::Value EngineWrap::kv_blocks_in_use(const Napi::CallbackInfo& info) {
 }
 
 // step({seqs: Int32Array, counts: Int32Array, tokens: Int32Array, logits: Uint8Array,
-//       sample: Uint8Array, params: Float32Array(6 per item)}) -> Promise<{sampled, logits}>
+//       sample: Uint8Array, params: Float32Array(5 per item), banned: Int32Array,
+//       bannedCounts: Int32Array(1 per item)}) -> Promise<{sampled, logits}>
 Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = engine(env);
@@ -210,10 +211,13 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   auto logits = typed<uint8_t>(req, "logits");
   auto sample = typed<uint8_t>(req, "sample");
   auto params = typed<float>(req, "params");
+  auto banned = typed<int32_t>(req, "banned");
+  auto banned_counts = typed<int32_t>(req, "bannedCounts");
   const size_t n = seqs.ElementLength();
   if (counts.ElementLength() != n || logits.ElementLength() != n || sample.ElementLength() != n ||
-      params.ElementLength() != 6 * n)
-    throw_js(env, E_OPTION, "[native] step: seqs, counts, logits, sample, params lengths disagree");
+      params.ElementLength() != 5 * n || banned_counts.ElementLength() != n)
+    throw_js(env, E_OPTION, "[native] step: seqs, counts, logits, sample, params, bannedCounts lengths disagree");
+  size_t banned_offset = 0;
   std::vector<StepItem> items(n);
   size_t offset = 0;
   for (size_t i = 0; i < n; i++) {
@@ -227,10 +231,17 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
     if (logits[i] > 2) throw_js(env, E_OPTION, "[native] step: logits mode must be 0, 1 or 2");
     it.logits = LogitsMode(logits[i]);
     it.sample = sample[i] != 0;
-    const float* p = params.Data() + 6 * i;
-    it.params = SamplingParams{p[0] != 0.f, p[1], int32_t(p[2]), p[3], p[4], int32_t(p[5])};
+    const float* p = params.Data() + 5 * i;
+    it.params = SamplingParams{p[0] != 0.f, p[1], int32_t(p[2]), p[3], p[4], {}};
+    const int32_t nb = banned_counts[i];
+    if (nb < 0 || banned_offset + size_t(nb) > banned.ElementLength())
+      throw_js(env, E_OPTION, "[native] step: bannedCounts exceed the banned array");
+    it.params.banned.assign(banned.Data() + banned_offset, banned.Data() + banned_offset + nb);
+    banned_offset += size_t(nb);
   }
   if (offset != tokens.ElementLength()) throw_js(env, E_OPTION, "[native] step: counts do not cover tokens");
+  if (banned_offset != banned.ElementLength())
+    throw_js(env, E_OPTION, "[native] step: bannedCounts do not cover banned");
   auto* worker = new StepWorker(env, e, std::move(items));
   Napi::Promise p = worker->promise();
   worker->Queue();

@@ -47,8 +47,9 @@ int32_t Sampler::pick(float* logits, int64_t V, const SamplingParams& p,
       l = l < 0 ? l * p.repetition_penalty : l / p.repetition_penalty;
     }
   }
-  // HF MinLength/MinNewTokensLengthLogitsProcessor: eos gets -inf until the minimum is reached.
-  if (p.suppress_token >= 0 && p.suppress_token < V) logits[p.suppress_token] = -INFINITY;
+  // HF MinNewTokens / NoRepeatNGram / NoBadWords logits processors: banned tokens get -inf.
+  for (int32_t t : p.banned)
+    if (t >= 0 && t < V) logits[t] = -INFINITY;
   int32_t best = 0;
   for (int64_t i = 1; i < V; i++)
     if (logits[i] > logits[best]) best = int32_t(i);

@@ -14,7 +14,9 @@ struct SamplingParams {
   int32_t top_k = 0;          // 0: off
   float top_p = 1.0f;         // in (0, 1]; 1: off
   float repetition_penalty = 1.0f;  // > 0; 1: off
-  int32_t suppress_token = -1;      // a token that may not be picked (minNewTokens: eos); -1: none
+  // Tokens that may not be picked this step (eos before minNewTokens, noRepeatNgramSize and
+  // badWordsIds bans); ids outside the vocabulary are ignored.
+  std::vector<int32_t> banned;
 };
 
 // xoshiro256**, seeded through splitmix64.
