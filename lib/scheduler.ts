@@ -157,9 +157,8 @@ export class Scheduler {
       req.counts[i] = take;
       req.tokens.set(tokens, offset);
       offset += take;
-      const drained = seq.pending.length === 0;
       req.logits[i] = seq.logits;
-      req.sample[i] = drained && seq.sample ? 1 : 0;
+      req.sample[i] = sampled(seq) ? 1 : 0;
       req.params.set(seq.params, PARAMS_PER_ITEM * i);
       if (sampled(seq)) {
         req.banned.set(seq.banned, bannedOffset);
