@@ -38,7 +38,7 @@ export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 
 /** True when `s` reads as a repo id ('gpt2', 'openai-community/gpt2') rather than a path. */
 export function looksLikeRepoId(s: string): boolean {
-  return REPO_ID.test(s) && !s.includes('..') && !/^\.|\/\./.test(s);
+  return REPO_ID.test(s) && !s.includes('..'); // (REPO_ID already rules out a leading '.' per part)
 }
 
 export interface HubLookup {
