@@ -32,6 +32,9 @@ export interface GenerationDefaults {
   topK?: number;
   topP?: number;
   repetitionPenalty?: number;
+  numBeams?: number;
+  lengthPenalty?: number;
+  earlyStopping?: unknown;
 }
 
 export interface Checkpoint {
@@ -136,6 +139,9 @@ function pickDefaults(src: Json | undefined): GenerationDefaults {
   if (num('top_k') !== undefined) out.topK = num('top_k');
   if (num('top_p') !== undefined) out.topP = num('top_p');
   if (num('repetition_penalty') !== undefined) out.repetitionPenalty = num('repetition_penalty');
+  if (num('num_beams') !== undefined) out.numBeams = num('num_beams');
+  if (num('length_penalty') !== undefined) out.lengthPenalty = num('length_penalty');
+  if (src.early_stopping !== undefined && src.early_stopping !== null) out.earlyStopping = src.early_stopping; // checked by resolveOptions
   return out;
 }
 

@@ -16,6 +16,8 @@ export interface GeneratedSequence {
   /** Generated token ids (an end-of-text token included when finishReason is 'eos'). */
   tokens: number[];
   finishReason: FinishReason;
+  /** Beam search only: the hypothesis' score, sum of log-probabilities / (tokens ** lengthPenalty) (HF sequences_scores). */
+  score?: number;
 }
 
 export interface GenerationStats {
@@ -95,6 +97,43 @@ function heldBack(text: string, stops: string[]): number {
         break;
       }
   return held;
+}
+
+/**
+ * Tokens the next pick may not be: the bans of HF's MinNewTokensLength, NoRepeatNGram and
+ * NoBadWords logits processors, over the prompt and the tokens generated so far.
+ */
+export function bannedTokens(prompt: readonly number[], gen: readonly number[], minNewTokens: number,
+                             opts: ResolvedOptions, eosTokenId: number): number[] {
+  const banned: number[] = [];
+  if (gen.length < minNewTokens) banned.push(eosTokenId);
+  const n = opts.noRepeatNgramSize;
+  const bad = opts.badWordsIds;
+  if (n > 0 || bad.length > 0) {
+    const h = prompt.concat(gen);
+    const L = h.length;
+    // every n-gram seen so far whose first n - 1 tokens are the last n - 1: its last is banned
+    if (n > 0 && L + 1 >= n) {
+      for (let i = 0; i + n <= L; i++) {
+        let match = true;
+        for (let j = 0; j < n - 1 && match; j++) match = h[i + j] === h[L - n + 1 + j];
+        if (match) banned.push(h[i + n - 1]);
+      }
+    }
+    // a bad word's last token, once the text ends with the rest of it (at once if one token)
+    for (const w of bad) {
+      const k = w.length - 1;
+      let match = k <= L;
+      for (let j = 0; j < k && match; j++) match = h[L - k + j] === w[j];
+      if (match) banned.push(w[k]);
+    }
+  }
+  return banned;
+}
+
+/** HF min_new_tokens and min_length (prompt included) both hold eos back; at most the budget. */
+export function minNewTokensFor(opts: ResolvedOptions, promptLength: number, budget: number): number {
+  return Math.min(budget, Math.max(opts.minNewTokens, opts.minLength - promptLength));
 }
 
 class SequenceRun implements ActiveSequence {
@@ -201,36 +240,8 @@ class SequenceRun implements ActiveSequence {
     this.onChunk(chunk);
   }
 
-  /**
-   * The bans of HF's MinNewTokensLength, NoRepeatNGram and NoBadWords logits processors, over
-   * the prompt and the tokens so far.
-   */
   private updateBanned(): void {
-    const banned: number[] = [];
-    const gen = this.out.tokens;
-    if (gen.length < this.minNewTokens) banned.push(this.ctx.config.eosTokenId);
-    const n = this.opts.noRepeatNgramSize;
-    const bad = this.opts.badWordsIds;
-    if (n > 0 || bad.length > 0) {
-      const h = this.prompt.concat(gen);
-      const L = h.length;
-      // every n-gram seen so far whose first n - 1 tokens are the last n - 1: its last is banned
-      if (n > 0 && L + 1 >= n) {
-        for (let i = 0; i + n <= L; i++) {
-          let match = true;
-          for (let j = 0; j < n - 1 && match; j++) match = h[i + j] === h[L - n + 1 + j];
-          if (match) banned.push(h[i + n - 1]);
-        }
-      }
-      // a bad word's last token, once the text ends with the rest of it (at once if one token)
-      for (const w of bad) {
-        const k = w.length - 1;
-        let match = k <= L;
-        for (let j = 0; j < k && match; j++) match = h[L - k + j] === w[j];
-        if (match) banned.push(w[k]);
-      }
-    }
-    this.banned = banned;
+    this.banned = bannedTokens(this.prompt, this.out.tokens, this.minNewTokens, this.opts, this.ctx.config.eosTokenId);
   }
 
   private release(): void {
@@ -240,6 +251,40 @@ class SequenceRun implements ActiveSequence {
 }
 
 const seedFor = (seed: number, i: number) => (seed + i) % Number.MAX_SAFE_INTEGER;
+
+/** The result of one prompt's generation, with its timing from `start` and the first new token at `firstAt`. */
+export function promptResult(promptText: string, promptTokens: number[], sequences: GeneratedSequence[],
+                             start: number, firstAt: number): GenerationResult {
+  const end = performance.now();
+  return {
+    prompt: promptText,
+    promptTokens,
+    sequences,
+    stats: {
+      promptTokens: promptTokens.length,
+      generatedTokens: sequences.reduce((s, q) => s + q.tokens.length, 0),
+      prefillMs: (firstAt || end) - start,
+      decodeMs: firstAt ? end - firstAt : 0,
+    },
+  };
+}
+
+/**
+ * A new native sequence holding the prompt but its last token in its KV cache (the last one is
+ * fed with the first decode step). Released again if that fails.
+ */
+export async function prefillPrompt(scheduler: Scheduler, promptTokens: number[], seed: number,
+                                    signal?: AbortSignal): Promise<number> {
+  const id = await scheduler.exclusive((e) => e.newSequence(seed));
+  try {
+    if (promptTokens.length > 1)
+      await prefill(scheduler, id, promptTokens.slice(0, -1), LogitsMode.None, undefined, signal);
+  } catch (err) {
+    scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
+    throw err;
+  }
+  return id;
+}
 
 export async function runPrompt(
   ctx: GenerationContext,
@@ -254,20 +299,8 @@ export async function runPrompt(
   checkTokenIds(promptTokens, config, 'generate');
   const budget = newTokenBudget(opts, promptTokens.length, config);
   const n = opts.numReturnSequences;
-  const result = (sequences: GeneratedSequence[], firstAt: number): GenerationResult => {
-    const end = performance.now();
-    return {
-      prompt: promptText,
-      promptTokens,
-      sequences,
-      stats: {
-        promptTokens: promptTokens.length,
-        generatedTokens: sequences.reduce((s, q) => s + q.tokens.length, 0),
-        prefillMs: (firstAt || end) - start,
-        decodeMs: firstAt ? end - firstAt : 0,
-      },
-    };
-  };
+  const result = (sequences: GeneratedSequence[], firstAt: number) =>
+    promptResult(promptText, promptTokens, sequences, start, firstAt);
   const empty = (reason: FinishReason) =>
     Array.from({ length: n }, (_, index) => {
       onChunk?.({ index, text: '', tokens: [], finishReason: reason });
@@ -288,13 +321,11 @@ export async function runPrompt(
   try {
     // The prompt but its last token goes into one sequence; forks share that KV cache; each then
     // feeds the last prompt token and samples its own continuation.
-    const parent = await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)));
+    const parent = await prefillPrompt(scheduler, promptTokens, seedFor(opts.seed, 0), opts.signal);
     const releaseAll = (ids: number[]) =>
       scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
     let ids: number[];
     try {
-      if (promptTokens.length > 1)
-        await prefill(scheduler, parent, promptTokens.slice(0, -1), LogitsMode.None, undefined, opts.signal);
       ids = await scheduler.exclusive((e) => {
         const forks: number[] = [parent];
         try {
@@ -313,8 +344,7 @@ export async function runPrompt(
       void releaseAll(ids);
       return result(empty('abort'), 0);
     }
-    // HF min_new_tokens and min_length (prompt included) both hold eos back; at most the budget.
-    const minNew = Math.min(budget, Math.max(opts.minNewTokens, opts.minLength - P));
+    const minNew = minNewTokensFor(opts, P, budget);
     const runs = ids.map((id, i) => new SequenceRun(id, i, promptTokens, budget, minNew, ctx, opts, onChunk));
     for (const r of runs) r.onEnd = () => reservation.returnPart(ownBlocks, 1);
     const onAbort = () => runs.forEach((r) => r.abort());

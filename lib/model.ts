@@ -6,6 +6,7 @@ import { BackendError, DisposedError, ModelFormatError, OptionError, callNative 
 import {
   checkTokenIds, prefill, runPrompt, type GenerationContext, type GenerationResult, type StreamChunk,
 } from './generation';
+import { runBeamSearch } from './beam-search';
 import { native, type NativeEngine, type NativeEngineInfo } from './native';
 import { resolveOptions, type GenerateOptions } from './options';
 import { LogitsMode, Scheduler } from './scheduler';
@@ -163,7 +164,8 @@ export class Model {
     const prompts = (many ? input : [input]) as Prompt[];
     if (Array.isArray(input) && input.length === 0) throw new OptionError('[generate] no prompt given (empty array)');
     const encoded = prompts.map((p) => this.encodePrompt(p));
-    const results = await Promise.all(encoded.map(([ids, text]) => runPrompt(this.context(), ids, text, opts)));
+    const run = opts.numBeams > 1 ? runBeamSearch : runPrompt;
+    const results = await Promise.all(encoded.map(([ids, text]) => run(this.context(), ids, text, opts)));
     return many ? results : results[0];
   }
 
@@ -174,6 +176,8 @@ export class Model {
     const user = options?.signal;
     const signal = user ? AbortSignal.any([user, stop.signal]) : stop.signal;
     const opts = resolveOptions({ ...options, signal }, this.config, this.generationDefaults);
+    if (opts.numBeams > 1)
+      throw new OptionError('[stream] numBeams > 1 cannot stream (any beam may be replaced at a later step); use generate()');
     const [ids, text] = this.encodePrompt(prompt);
     const queue: StreamChunk[] = [];
     let wake: (() => void) | undefined;

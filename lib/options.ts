@@ -18,6 +18,16 @@ export interface GenerateOptions {
   badWordsIds?: number[][];
   /** Sequences per prompt; the prompt is computed once and its KV cache forked. */
   numReturnSequences?: number;
+  /** Beam search over this many beams (HF num_beams; 1: off). Returns the numReturnSequences best. */
+  numBeams?: number;
+  /** Beam search: a finished hypothesis scores sum(log p) / (new tokens ** lengthPenalty). Default 1. */
+  lengthPenalty?: number;
+  /**
+   * Beam search (HF early_stopping): true stops once numBeams hypotheses are finished; false
+   * (default) also when the best running beam cannot beat them at its current length; 'never'
+   * only when no running beam can (at the longest possible length for lengthPenalty > 0).
+   */
+  earlyStopping?: boolean | 'never';
   /** Sample (true) or greedy (false). Default: the checkpoint's generation defaults, else false. */
   doSample?: boolean;
   temperature?: number;
@@ -43,6 +53,9 @@ export interface ResolvedOptions {
   noRepeatNgramSize: number;
   badWordsIds: number[][];
   numReturnSequences: number;
+  numBeams: number;
+  lengthPenalty: number;
+  earlyStopping: boolean | 'never';
   doSample: boolean;
   temperature: number;
   topK: number;
@@ -54,7 +67,8 @@ export interface ResolvedOptions {
 }
 
 const known: ReadonlySet<string> = new Set([
-  'maxLength', 'maxNewTokens', 'minNewTokens', 'minLength', 'noRepeatNgramSize', 'badWordsIds', 'numReturnSequences', 'doSample', 'temperature', 'topK', 'topP',
+  'maxLength', 'maxNewTokens', 'minNewTokens', 'minLength', 'noRepeatNgramSize', 'badWordsIds', 'numReturnSequences', 'numBeams',
+  'lengthPenalty', 'earlyStopping', 'doSample', 'temperature', 'topK', 'topP',
   'repetitionPenalty', 'seed', 'stop', 'signal',
 ]);
 
@@ -111,15 +125,26 @@ export function resolveOptions(
   const doSample = pick('doSample') ?? false;
   if (typeof doSample !== 'boolean') throw new OptionError(`[generate] option doSample must be a boolean`);
   const n = o.numReturnSequences === undefined ? 1 : int('numReturnSequences', o.numReturnSequences, 1, 1024);
-  if (n > 1 && !doSample)
+  // Beams: each step keeps the 2 * numBeams best (beam, token) pairs, so the vocabulary bounds them.
+  const numBeams = int('numBeams', pick('numBeams') ?? 1, 1, Math.min(256, Math.floor(config.vocabSize / 2)));
+  if (numBeams > 1 && doSample)
+    throw new OptionError(`[generate] option numBeams=${numBeams} with doSample: true (beam sampling) is not supported; pass doSample: false`);
+  if (numBeams > 1 && n > numBeams)
+    throw new OptionError(`[generate] option numReturnSequences=${n} must be <= numBeams=${numBeams} (the finished beams are the candidates)`);
+  if (n > 1 && !doSample && numBeams === 1)
     throw new OptionError(
-      `[generate] option numReturnSequences=${n} needs doSample: true (greedy decoding would return ${n} identical sequences)`,
+      `[generate] option numReturnSequences=${n} needs doSample: true or numBeams >= ${n} (greedy decoding would return ${n} identical sequences)`,
     );
+  const earlyStopping = pick('earlyStopping') ?? false;
+  if (earlyStopping !== true && earlyStopping !== false && earlyStopping !== 'never')
+    throw new OptionError(`[generate] option earlyStopping must be true, false or 'never', got ${String(earlyStopping)}`);
   let stop: string[] = [];
   if (o.stop !== undefined) {
     stop = typeof o.stop === 'string' ? [o.stop] : (o.stop as string[]);
     if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string' || s.length === 0))
       throw new OptionError('[generate] option stop must be a non-empty string or an array of them');
+    if (numBeams > 1 && stop.length > 0)
+      throw new OptionError('[generate] option stop is not supported with numBeams > 1 (beam search ends on eos or the length)');
   }
   const signal = o.signal as AbortSignal | undefined;
   if (signal !== undefined && (typeof signal !== 'object' || typeof signal.addEventListener !== 'function'))
@@ -133,6 +158,9 @@ export function resolveOptions(
     noRepeatNgramSize: int('noRepeatNgramSize', pick('noRepeatNgramSize') ?? 0, 0, P),
     badWordsIds: badWords(pick('badWordsIds'), config.vocabSize),
     numReturnSequences: n,
+    numBeams,
+    lengthPenalty: num('lengthPenalty', pick('lengthPenalty') ?? 1, () => true, 'a finite number'),
+    earlyStopping,
     doSample,
     temperature: num('temperature', pick('temperature') ?? 1, (x) => x > 0, 'a number > 0'),
     topK: int('topK', pick('topK') ?? 50, 0, Number.MAX_SAFE_INTEGER),

@@ -74,7 +74,9 @@ export class Scheduler {
   private kick(): void {
     if (this.running) return;
     this.running = true;
-    void this.loop();
+    // From a microtask: sequences added in the same tick (the forks of a prompt, the beams of a
+    // beam-search step) then share the first step instead of the first one going alone.
+    queueMicrotask(() => void this.loop());
   }
 
   private async loop(): Promise<void> {

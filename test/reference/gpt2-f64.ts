@@ -67,6 +67,8 @@ export interface Gpt2Reference {
    * (roundToFloat16), as the engine's f16 KV cache stores them.
    */
   logits(tokens: number[], opts?: { kvF16?: boolean }): Float64Array[];
+  /** The logits of the last position of `tokens` only (the LM head for one row). */
+  lastLogits(tokens: number[]): Float64Array;
 }
 
 /** x rounded to the nearest f16 value (ties to even), beyond +-65504 clamped to +-65504. */
@@ -95,10 +97,15 @@ export function loadGpt2Reference(dir: string): Gpt2Reference {
     return t.data;
   };
   const lmHead = tensors.get('lm_head.weight')?.data ?? weight('wte.weight'); // tied by default
-  return { config, logits: (tokens, opts) => forward(config, weight, lmHead, tokens, opts?.kvF16 ?? false) };
+  return {
+    config,
+    logits: (tokens, opts) => forward(config, weight, lmHead, tokens, opts?.kvF16 ?? false, false),
+    lastLogits: (tokens) => forward(config, weight, lmHead, tokens, false, true)[0],
+  };
 }
 
-function forward(cfg: Gpt2Config, w: (name: string) => Float64Array, lmHead: Float64Array, tokens: number[], kvF16: boolean): Float64Array[] {
+function forward(cfg: Gpt2Config, w: (name: string) => Float64Array, lmHead: Float64Array, tokens: number[], kvF16: boolean,
+                 lastOnly: boolean): Float64Array[] {
   const C = cfg.n_embd;
   const T = tokens.length;
   const wte = w('wte.weight');
@@ -126,6 +133,7 @@ function forward(cfg: Gpt2Config, w: (name: string) => Float64Array, lmHead: Flo
     x = x.map((row, t) => add(row, mlp[t]));
   }
 
+  if (lastOnly) x = x.slice(-1);
   const final = x.map((row) => layerNorm(row, w('ln_f.weight'), w('ln_f.bias'), cfg.layer_norm_epsilon));
   // logits[t][v] = final[t] . lmHead[v]   (lmHead is (V, C), like wte)
   const V = lmHead.length / C;

@@ -1,0 +1,214 @@
+// Beam search (numBeams > 1), with the semantics of Hugging Face's GenerationMixin._beam_search
+// (transformers >= 4.51; batch of one prompt): every step scores each running beam's next token by
+// log_softmax + logits processors + the beam's running sum, keeps the 2 * numBeams best
+// (beam, token) pairs, finishes those of the first numBeams that end (eos or the length limit) with
+// score sum / newTokens ** lengthPenalty, and continues with the numBeams best that do not end.
+//
+// Each running beam is a native sequence. Between steps the beams are reordered on the KV cache
+// itself: a beam no successor comes from is released, a beam that several come from is forked
+// (the full blocks are shared, only the partial last one is copied), so no prefix is recomputed.
+import type { GeneratedSequence, GenerationContext, GenerationResult } from './generation';
+import { bannedTokens, minNewTokensFor, prefillPrompt, promptResult } from './generation';
+import { newTokenBudget, type ResolvedOptions } from './options';
+import { LogitsMode, type ActiveSequence } from './scheduler';
+
+interface Beam {
+  id: number;
+  /** Generated tokens (the prompt not included). */
+  tokens: number[];
+  /** Sum of the (processed) log-probabilities of its tokens. */
+  sum: number;
+}
+
+interface Candidate {
+  sum: number;
+  beam: number;
+  token: number;
+}
+
+interface Hypothesis {
+  tokens: number[];
+  score: number;
+}
+
+/** Feeds one token to a sequence and resolves to the logits of that position (a copy). */
+function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<Float32Array> {
+  return new Promise<Float32Array>((resolve, reject) => {
+    const seq: ActiveSequence = {
+      id,
+      pending: [token],
+      sample: false,
+      logits: LogitsMode.Last,
+      params: Float32Array.of(0, 1, 0, 1, 1), // not sampled
+      banned: [],
+      cancelled: false,
+      onStep: (_sampled, rows, drained) => {
+        if (drained && rows) resolve(rows.slice());
+      },
+      onError: reject,
+    };
+    ctx.scheduler.add(seq);
+  });
+}
+
+/** Candidates are ordered by score, ties by (beam, token) so the order is total. */
+const better = (a: Candidate, b: Candidate) =>
+  a.sum !== b.sum ? a.sum > b.sum : a.beam !== b.beam ? a.beam < b.beam : a.token < b.token;
+
+/**
+ * The k best (beam, token) pairs of one beam: log_softmax of its logits, HF's logits processors
+ * on the log-probabilities (repetition penalty over prompt + beam, banned tokens at -inf), plus
+ * the beam's running sum. Appends them to `out`.
+ */
+function beamCandidates(logits: Float32Array, beam: Beam, index: number, history: readonly number[],
+                        banned: readonly number[], penalty: number, k: number, out: Candidate[]): void {
+  const V = logits.length;
+  let max = -Infinity;
+  for (let v = 0; v < V; v++) if (logits[v] > max) max = logits[v];
+  let sum = 0;
+  for (let v = 0; v < V; v++) sum += Math.exp(logits[v] - max);
+  const logZ = max + Math.log(sum);
+  const logp = new Float64Array(V);
+  for (let v = 0; v < V; v++) logp[v] = logits[v] - logZ;
+  if (penalty !== 1)
+    for (const t of new Set(history)) logp[t] = logp[t] < 0 ? logp[t] * penalty : logp[t] / penalty;
+  for (const t of banned) logp[t] = -Infinity;
+  // insertion into a sorted list of the k best: k is small (2 * numBeams)
+  const top: Candidate[] = [];
+  for (let v = 0; v < V; v++) {
+    if (logp[v] === -Infinity) continue;
+    const c: Candidate = { sum: beam.sum + logp[v], beam: index, token: v };
+    if (top.length === k && !better(c, top[k - 1])) continue;
+    let i = top.length === k ? k - 1 : top.length;
+    while (i > 0 && better(c, top[i - 1])) {
+      top[i] = top[i - 1];
+      i--;
+    }
+    top[i] = c;
+  }
+  out.push(...top);
+}
+
+export async function runBeamSearch(
+  ctx: GenerationContext,
+  promptTokens: number[],
+  promptText: string,
+  opts: ResolvedOptions,
+): Promise<GenerationResult> {
+  const start = performance.now();
+  const { scheduler, admission, config, tokenizer } = ctx;
+  const { numBeams: B, lengthPenalty, earlyStopping } = opts;
+  const P = promptTokens.length;
+  const budget = newTokenBudget(opts, P, config);
+  const eos = config.eosTokenId;
+  const sequence = (tokens: number[], reason: GeneratedSequence['finishReason'], score: number): GeneratedSequence => ({
+    text: tokenizer.decode(tokens, { skipSpecialTokens: true }), tokens, finishReason: reason, score,
+  });
+  const empty = (reason: GeneratedSequence['finishReason']) =>
+    promptResult(promptText, promptTokens, Array.from({ length: opts.numReturnSequences }, () => sequence([], reason, 0)), start, 0);
+  if (budget === 0) return empty('length');
+  if (opts.signal?.aborted) return empty('abort');
+  const reservation = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, B), B, opts.signal);
+  if (!reservation) return empty('abort');
+  let beams: Beam[] = [];
+  const releaseAll = () => {
+    const ids = beams.map((b) => b.id);
+    beams = [];
+    return scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
+  };
+  try {
+    beams = [{ id: await prefillPrompt(scheduler, promptTokens, opts.seed, opts.signal), tokens: [], sum: 0 }];
+    const minNew = minNewTokensFor(opts, P, budget);
+    const finished: Hypothesis[] = []; // the best numBeams, best first
+    let firstAt = 0;
+    for (;;) {
+      if (opts.signal?.aborted) break;
+      // HF starts with numBeams copies of the prompt, all but the first at -1e9, so the first step
+      // only ever expands the first: one beam here until then.
+      const rows = await Promise.all(beams.map((b) =>
+        stepLogits(ctx, b.id, b.tokens.length > 0 ? b.tokens[b.tokens.length - 1] : promptTokens[P - 1])));
+      if (!firstAt) firstAt = performance.now();
+      const newTokens = beams[0].tokens.length + 1; // of every candidate
+      const all: Candidate[] = [];
+      beams.forEach((b, i) => {
+        const banned = bannedTokens(promptTokens, b.tokens, minNew, opts, eos);
+        beamCandidates(rows[i], b, i, promptTokens.concat(b.tokens), banned, opts.repetitionPenalty, 2 * B, all);
+      });
+      all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
+      const candidates = all.slice(0, 2 * B);
+      const ends = (c: Candidate) => c.token === eos || newTokens >= budget;
+      // Finished: of the numBeams best candidates, those that end (once numBeams are finished with
+      // earlyStopping true, no more).
+      if (!(earlyStopping === true && finished.length === B)) {
+        candidates.slice(0, B).filter(ends).forEach((c) => finished.push({
+          tokens: beams[c.beam].tokens.concat(c.token),
+          score: c.sum / newTokens ** lengthPenalty,
+        }));
+        finished.sort((a, b) => b.score - a.score);
+        finished.splice(B);
+      }
+      const next = candidates.filter((c) => !ends(c)).slice(0, B);
+      // Stop when every candidate ended, when numBeams are finished and (HF's heuristic) the best
+      // running beam cannot beat the worst of them, or with earlyStopping true once they are.
+      if (next.length === 0) break;
+      if (finished.length === B) {
+        if (earlyStopping === true) break;
+        const bestLength = earlyStopping === 'never' && lengthPenalty > 0 ? budget : newTokens;
+        if (next[0].sum / bestLength ** lengthPenalty <= finished[B - 1].score) break;
+      }
+      try {
+        beams = await reorder(ctx, beams, next);
+      } catch (err) {
+        beams = []; // reorder released them
+        throw err;
+      }
+    }
+    // Aborted: the running beams count as hypotheses of their current length.
+    const aborted = opts.signal?.aborted ?? false;
+    const pool: Array<Hypothesis & { reason: GeneratedSequence['finishReason'] }> = finished.map((h) => ({
+      ...h, reason: h.tokens[h.tokens.length - 1] === eos ? 'eos' : 'length',
+    }));
+    if (aborted)
+      for (const b of beams)
+        pool.push({ tokens: b.tokens, score: b.tokens.length ? b.sum / b.tokens.length ** lengthPenalty : 0, reason: 'abort' });
+    pool.sort((a, b) => b.score - a.score);
+    const out = pool.slice(0, opts.numReturnSequences).map((h) => sequence(h.tokens, h.reason, h.score));
+    while (out.length < opts.numReturnSequences) out.push(sequence([], 'abort', 0));
+    return promptResult(promptText, promptTokens, out, start, firstAt);
+  } finally {
+    await releaseAll();
+    reservation.release();
+  }
+}
+
+/**
+ * The next running beams on the KV cache: each candidate continues its parent's native sequence
+ * (the first one in place, the others as forks); parents none continues are released first, so
+ * at most numBeams sequences exist at any time.
+ */
+function reorder(ctx: GenerationContext, beams: Beam[], next: Candidate[]): Promise<Beam[]> {
+  return ctx.scheduler.exclusive((e) => {
+    const used = new Set(next.map((c) => c.beam));
+    beams.forEach((b, i) => {
+      if (!used.has(i)) e.releaseSequence(b.id);
+    });
+    const taken = new Set<number>();
+    const out: Beam[] = [];
+    try {
+      for (const c of next) {
+        const parent = beams[c.beam];
+        const id = taken.has(c.beam) ? e.forkSequence(parent.id, 0) : parent.id;
+        taken.add(c.beam);
+        out.push({ id, tokens: parent.tokens.concat(c.token), sum: c.sum });
+      }
+    } catch (err) {
+      // release what exists now: the forks made and the parents kept
+      for (const b of out) if (!beams.some((p) => p.id === b.id)) e.releaseSequence(b.id);
+      beams.forEach((b, i) => {
+        if (used.has(i)) e.releaseSequence(b.id);
+      });
+      throw err;
+    }
+    return out;
+  });
+}
