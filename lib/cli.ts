@@ -10,7 +10,7 @@ import type { GenerateOptions } from './options';
 const USAGE = `usage:
   llmcore generate PROMPT --model DIR [options]
       --max-length N  --max-new-tokens N  --min-new-tokens N  --num-return-sequences N
-      --no-repeat-ngram-size N
+      --no-repeat-ngram-size N  --num-beams N  --length-penalty L  --early-stopping true|false|never
       --do-sample | --greedy  --temperature T  --top-k K  --top-p P
       --repetition-penalty R  --seed N  --stop STRING (repeatable)
       --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype f32|f16
@@ -26,6 +26,13 @@ function number(name: string, v: string | undefined): number | undefined {
   return n;
 }
 
+function earlyStopping(v: string | undefined): boolean | 'never' | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'true' || v === 'false') return v === 'true';
+  if (v === 'never') return v;
+  throw new LlmcoreError('E_OPTION', `--early-stopping expects true, false or never, got '${v}'`);
+}
+
 async function generate(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
@@ -37,6 +44,9 @@ async function generate(args: string[]): Promise<number> {
       'min-new-tokens': { type: 'string' },
       'no-repeat-ngram-size': { type: 'string' },
       'num-return-sequences': { type: 'string' },
+      'num-beams': { type: 'string' },
+      'length-penalty': { type: 'string' },
+      'early-stopping': { type: 'string' },
       'do-sample': { type: 'boolean' },
       greedy: { type: 'boolean' },
       temperature: { type: 'string' },
@@ -71,6 +81,9 @@ async function generate(args: string[]): Promise<number> {
       minNewTokens: number('min-new-tokens', values['min-new-tokens']),
       noRepeatNgramSize: number('no-repeat-ngram-size', values['no-repeat-ngram-size']),
       numReturnSequences: number('num-return-sequences', values['num-return-sequences']),
+      numBeams: number('num-beams', values['num-beams']),
+      lengthPenalty: number('length-penalty', values['length-penalty']),
+      earlyStopping: earlyStopping(values['early-stopping']),
       doSample: values['do-sample'] ? true : values.greedy ? false : undefined,
       temperature: number('temperature', values.temperature),
       topK: number('top-k', values['top-k']),
@@ -98,7 +111,8 @@ async function generate(args: string[]): Promise<number> {
       return 0;
     }
     result.sequences.forEach((seq, i) => {
-      console.log(`${i}: ${result.prompt}${seq.text}`);
+      const score = seq.score === undefined ? '' : ` (score ${seq.score.toFixed(4)})`;
+      console.log(`${i}${score}: ${result.prompt}${seq.text}`);
       console.log('');
     });
     console.log(speedLine(result, model.info.backend, model.info.weightDtype));
