@@ -58,35 +58,47 @@ const better = (a: Candidate, b: Candidate) =>
 /**
  * The k best (beam, token) pairs of one beam: log_softmax of its logits, HF's logits processors
  * on the log-probabilities (repetition penalty over prompt + beam, banned tokens at -inf), plus
- * the beam's running sum. Appends them to `out`.
+ * the beam's running sum. Appends them to `out`. One pass for the max, one for the normaliser,
+ * one selecting by logit (log_softmax is monotonic) among the tokens no processor touches; the
+ * touched ones are then scored one by one.
  */
 function beamCandidates(logits: Float32Array, beam: Beam, index: number, history: readonly number[],
                         banned: readonly number[], penalty: number, k: number, out: Candidate[]): void {
   const V = logits.length;
   let max = -Infinity;
   for (let v = 0; v < V; v++) if (logits[v] > max) max = logits[v];
-  let sum = 0;
-  for (let v = 0; v < V; v++) sum += Math.exp(logits[v] - max);
-  const logZ = max + Math.log(sum);
-  const logp = new Float64Array(V);
-  for (let v = 0; v < V; v++) logp[v] = logits[v] - logZ;
-  if (penalty !== 1)
-    for (const t of new Set(history)) logp[t] = logp[t] < 0 ? logp[t] * penalty : logp[t] / penalty;
-  for (const t of banned) logp[t] = -Infinity;
-  // insertion into a sorted list of the k best: k is small (2 * numBeams)
-  const top: Candidate[] = [];
-  for (let v = 0; v < V; v++) {
-    if (logp[v] === -Infinity) continue;
-    const c: Candidate = { sum: beam.sum + logp[v], beam: index, token: v };
-    if (top.length === k && !better(c, top[k - 1])) continue;
-    let i = top.length === k ? k - 1 : top.length;
-    while (i > 0 && better(c, top[i - 1])) {
-      top[i] = top[i - 1];
+  let z = 0;
+  for (let v = 0; v < V; v++) z += Math.exp(logits[v] - max);
+  const logZ = max + Math.log(z);
+  const bannedSet = new Set(banned);
+  const penalized = penalty !== 1 ? new Set(history) : new Set<number>();
+  // top k by log-probability, ties to the lower token: values descending in val[0..n)
+  const val = new Float64Array(k);
+  const tok = new Int32Array(k);
+  let n = 0;
+  const insert = (lp: number, t: number) => {
+    if (n === k && !(lp > val[k - 1] || (lp === val[k - 1] && t < tok[k - 1]))) return;
+    let i = n === k ? k - 1 : n++;
+    while (i > 0 && (lp > val[i - 1] || (lp === val[i - 1] && t < tok[i - 1]))) {
+      val[i] = val[i - 1];
+      tok[i] = tok[i - 1];
       i--;
     }
-    top[i] = c;
+    val[i] = lp;
+    tok[i] = t;
+  };
+  for (let v = 0; v < V; v++) {
+    const lp = logits[v] - logZ;
+    if (n === k && lp < val[k - 1]) continue; // the common case, before any set lookup
+    if (bannedSet.has(v) || penalized.has(v)) continue;
+    insert(lp, v);
   }
-  out.push(...top);
+  for (const t of penalized) {
+    if (bannedSet.has(t)) continue;
+    const lp = logits[t] - logZ;
+    insert(lp < 0 ? lp * penalty : lp / penalty, t);
+  }
+  for (let i = 0; i < n; i++) out.push({ sum: beam.sum + val[i], beam: index, token: tok[i] });
 }
 
 export async function runBeamSearch(
