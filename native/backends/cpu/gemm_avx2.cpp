@@ -125,6 +125,7 @@ inline void load_w(const uint8_t* p, __m256& b0, __m256& b1) {
 
 constexpr int kModeFirst = 1;  // start from zero (else reload the parked accumulators)
 constexpr int kModeLast = 2;   // bias + epilogue into y (else park the accumulators)
+constexpr int kModeNoPrefetch = 4;  // the block's last panels: the next one is another task's
 
 // R rows starting at m, G panels starting at p, k in [k0, k0 + kl).
 // sc: this tile's parked accumulators, row r of panel g at sc + g * sc_pstride + r * NR.
@@ -139,6 +140,8 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
   // hardware prefetcher (software prefetch 256 B - 1 KiB ahead measured no better on Zen 3).
   // Taller tiles reuse each panel over several tiles and prefetch the next panel into L2.
   constexpr bool kPrefetchNext = R >= 4;
+  // (not past the block: that panel is likely another thread's, whose L2 this does not fill)
+  const bool prefetch_next = kPrefetchNext && !(mode & kModeNoPrefetch);
   __m256 acc[R][2 * G];
   if (mode & kModeFirst) {
 #pragma GCC unroll 8
@@ -161,7 +164,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
     for (int g = 0; g < G; ++g) {
       load_w<FMT>(wp + g * pb + k * RB, b[2 * g], b[2 * g + 1]);
     }
-    if constexpr (kPrefetchNext) {
+    if (prefetch_next) {
       // Pull the next panel's rows into L2 while this one is in use: the next panel's first
       // tile then does not wait on L3 (one stream is too little for the hardware prefetcher).
       if (RB == 64 || (k & 1) == 0)
@@ -243,10 +246,11 @@ void avx2_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int6
     const int64_t lda = c.ldx;
     for (int64_t q = 0; q < np; q += G) {
       const int g = int(np - q < G ? np - q : G);
+      const int tmode = mode | (q + G >= np ? kModeNoPrefetch : 0);
       int64_t r = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const int R = int(base + (t < extra ? 1 : 0));
-        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, mode,
+        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, tmode,
                  scratch + q * sc_pstride + r * NR, sc_pstride);
         r += R;
       }

@@ -117,6 +117,7 @@ inline void load_w(const uint8_t* p, __m512& b0, __m512& b1) {
 
 constexpr int kModeFirst = 1;
 constexpr int kModeLast = 2;
+constexpr int kModeNoPrefetch = 4;  // the block's last panels: the next one is another task's
 
 template <int R, int G, int FMT>
 void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p, int64_t k0,
@@ -129,6 +130,8 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
   // As in gemm_avx2.cpp: skinny tiles leave W streaming to the hardware prefetcher, taller ones
   // prefetch the next panel into L2 while this one is in use.
   constexpr bool kPrefetchNext = R >= 4;
+  // (not past the block: that panel is likely another thread's, whose L2 this does not fill)
+  const bool prefetch_next = kPrefetchNext && !(mode & kModeNoPrefetch);
   __m512 acc[R][2 * G];
   if (mode & kModeFirst) {
 #pragma GCC unroll 16
@@ -155,7 +158,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
     for (int g = 0; g < G; ++g) {
       load_w<FMT>(wp + g * pb + k * RB, b[2 * g], b[2 * g + 1]);
     }
-    if constexpr (kPrefetchNext) {
+    if (prefetch_next) {
       _mm_prefetch(reinterpret_cast<const char*>(wp + pb + k * RB), _MM_HINT_T1);
       if (RB == 128) _mm_prefetch(reinterpret_cast<const char*>(wp + pb + k * RB + 64), _MM_HINT_T1);
     }
@@ -245,10 +248,11 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
     const int64_t lda = c.ldx;
     for (int64_t q = 0; q < np; q += G) {
       const int g = int(np - q < G ? np - q : G);
+      const int tmode = mode | (q + G >= np ? kModeNoPrefetch : 0);
       int64_t r = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const int R = int(base + (t < extra ? 1 : 0));
-        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, mode,
+        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, tmode,
                  scratch + q * sc_pstride + r * NR, sc_pstride);
         r += R;
       }
