@@ -31,9 +31,15 @@ interface Hypothesis {
   score: number;
 }
 
+interface Row {
+  logits: Float32Array;
+  /** log(sum(exp(logits))) */
+  logZ: number;
+}
+
 /** Feeds one token to a sequence and resolves to the logits of that position (a copy). */
-function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<Float32Array> {
-  return new Promise<Float32Array>((resolve, reject) => {
+function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<Row> {
+  return new Promise<Row>((resolve, reject) => {
     const seq: ActiveSequence = {
       id,
       pending: [token],
@@ -42,8 +48,8 @@ function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<
       params: Float32Array.of(0, 1, 0, 1, 1), // not sampled
       banned: [],
       cancelled: false,
-      onStep: (_sampled, rows, drained) => {
-        if (drained && rows) resolve(rows.slice());
+      onStep: (_sampled, rows, drained, logsumexp) => {
+        if (drained && rows && logsumexp) resolve({ logits: rows.slice(), logZ: logsumexp[0] });
       },
       onError: reject,
     };
@@ -58,18 +64,14 @@ const better = (a: Candidate, b: Candidate) =>
 /**
  * The k best (beam, token) pairs of one beam: log_softmax of its logits, HF's logits processors
  * on the log-probabilities (repetition penalty over prompt + beam, banned tokens at -inf), plus
- * the beam's running sum. Appends them to `out`. One pass for the max, one for the normaliser,
- * one selecting by logit (log_softmax is monotonic) among the tokens no processor touches; the
- * touched ones are then scored one by one.
+ * the beam's running sum. Appends them to `out`. The normaliser comes with the row from the
+ * engine; one pass selects among the tokens no processor touches, the touched ones are then
+ * scored one by one.
  */
-function beamCandidates(logits: Float32Array, beam: Beam, index: number, history: readonly number[],
+function beamCandidates(row: Row, beam: Beam, index: number, history: readonly number[],
                         banned: readonly number[], penalty: number, k: number, out: Candidate[]): void {
+  const { logits, logZ } = row;
   const V = logits.length;
-  let max = -Infinity;
-  for (let v = 0; v < V; v++) if (logits[v] > max) max = logits[v];
-  let z = 0;
-  for (let v = 0; v < V; v++) z += Math.exp(logits[v] - max);
-  const logZ = max + Math.log(z);
   const bannedSet = new Set(banned);
   const penalized = penalty !== 1 ? new Set(history) : new Set<number>();
   // top k by log-probability, ties to the lower token: values descending in val[0..n)

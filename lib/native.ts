@@ -57,6 +57,8 @@ export interface NativeStepResult {
   sampled: Int32Array;
   /** the requested logits rows, item by item */
   logits: Float32Array;
+  /** per logits row: log(sum(exp(row))), so row - logsumexp is its log-softmax */
+  logsumexp: Float64Array;
 }
 
 export interface NativeEngine {
@@ -92,7 +94,7 @@ export interface NativeAddon {
 let addon: NativeAddon | undefined;
 
 /** The native surface this facade was written for (native/core/backend.h kInterfaceVersion). */
-export const NATIVE_INTERFACE_VERSION = 3;
+export const NATIVE_INTERFACE_VERSION = 4;
 
 /** Loads the compiled addon (a prebuild or build/Release) on first use. */
 export function native(): NativeAddon {

@@ -23,8 +23,11 @@ export interface ActiveSequence {
   banned: readonly number[];
   /** Set by the owner to leave the batch before the next step. */
   cancelled: boolean;
-  /** After each step it took part in. drained: pending is empty; sampled: the new token or -1. */
-  onStep(sampled: number, logits: Float32Array | null, drained: boolean): void;
+  /**
+   * After each step it took part in. drained: pending is empty; sampled: the new token or -1;
+   * logits: the requested rows, and logsumexp: their log-softmax normalisers (one per row).
+   */
+  onStep(sampled: number, logits: Float32Array | null, drained: boolean, logsumexp: Float64Array | null): void;
   onError(err: unknown): void;
 }
 
@@ -97,13 +100,14 @@ export class Scheduler {
           continue;
         }
         if (this.closed) break;
-        let offset = 0;
+        let row = 0;
         batch.forEach(({ seq, take }, i) => {
           const rows = seq.logits === LogitsMode.All ? take : seq.logits === LogitsMode.Last ? 1 : 0;
-          const logits = rows > 0 ? result.logits.subarray(offset, offset + rows * this.vocabSize) : null;
-          offset += rows * this.vocabSize;
+          const logits = rows > 0 ? result.logits.subarray(row * this.vocabSize, (row + rows) * this.vocabSize) : null;
+          const lse = rows > 0 ? result.logsumexp.subarray(row, row + rows) : null;
+          row += rows;
           try {
-            seq.onStep(result.sampled[i], logits, seq.pending.length === 0);
+            seq.onStep(result.sampled[i], logits, seq.pending.length === 0, lse);
           } catch (err) {
             seq.cancelled = true;
             seq.onError(err);

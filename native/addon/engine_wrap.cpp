@@ -71,6 +71,9 @@ class StepWorker : public PromiseWorker {
     auto buf = Napi::ArrayBuffer::New(env, logits->data(), logits->size() * sizeof(float),
                                       [](Napi::Env, void*, std::vector<float>* v) { delete v; }, logits);
     res.Set("logits", Napi::Float32Array::New(env, logits->size(), buf, 0));
+    auto lse = Napi::Float64Array::New(env, out_.logsumexp.size());
+    std::copy(out_.logsumexp.begin(), out_.logsumexp.end(), lse.Data());
+    res.Set("logsumexp", lse);
     return res;
   }
 
@@ -199,7 +202,7 @@ Napi::Value EngineWrap::kv_blocks_in_use(const Napi::CallbackInfo& info) {
 
 // step({seqs: Int32Array, counts: Int32Array, tokens: Int32Array, logits: Uint8Array,
 //       sample: Uint8Array, params: Float32Array(5 per item), banned: Int32Array,
-//       bannedCounts: Int32Array(1 per item)}) -> Promise<{sampled, logits}>
+//       bannedCounts: Int32Array(1 per item)}) -> Promise<{sampled, logits, logsumexp}>
 Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = engine(env);

@@ -17,7 +17,7 @@ namespace llmcore {
 
 // The N-API surface's version; lib/native.ts refuses a binary with another one. Bump it with
 // any change to what the addon exports or returns.
-inline constexpr int kInterfaceVersion = 3;
+inline constexpr int kInterfaceVersion = 4;
 
 // A matmul weight as stored in the checkpoint (host memory, usually the safetensors mapping).
 struct WeightView {
@@ -109,6 +109,9 @@ class Backend {
   // out (M, C) from the queries in columns 0..C of qkv (M, 3C).
   virtual void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
                          int layer, float* out) = 0;
+  // out_host[r] = log(sum_j exp(x[r][j])), each row's log-softmax normaliser; x (rows, n).
+  // NaN when the row holds a NaN; +-inf when its largest value is +-inf (and no NaN).
+  virtual void logsumexp_rows(const float* x, int rows, int64_t n, double* out_host) = 0;
   // out[i] = x[rows[i]]         rows: host, (n); x (*, C); out (n, C)
   virtual void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) = 0;
 

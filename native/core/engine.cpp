@@ -159,9 +159,14 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
     const StepItem& it = items[i];
     Sequence& s = seqs_[it.seq];
     s.tokens.insert(s.tokens.end(), it.tokens.begin(), it.tokens.end());
-    if (it.logits != LogitsMode::None)
+    if (it.logits != LogitsMode::None) {
       result.logits.insert(result.logits.end(), logits + int64_t(first_out[i]) * V,
                            logits + int64_t(first_out[i] + n_out[i]) * V);
+      // (beam search needs log-probabilities: a vector pass here instead of one in JS)
+      result.logsumexp.resize(result.logsumexp.size() + n_out[i]);
+      backend_->logsumexp_rows(logits + int64_t(first_out[i]) * V, int(n_out[i]), V,
+                               result.logsumexp.data() + result.logsumexp.size() - n_out[i]);
+    }
     if (it.sample) to_sample.push_back(int(i));
   }
   auto sample_one = [&](int64_t j, int tid) {

@@ -39,6 +39,7 @@ struct StepItem {
 struct StepResult {
   std::vector<int32_t> sampled;    // per item; -1 where not sampled
   std::vector<float> logits;       // the requested rows, item by item, (rows, V)
+  std::vector<double> logsumexp;   // per row of logits: log(sum(exp(row))), the log-softmax normaliser
 };
 
 class Engine {

@@ -318,6 +318,42 @@ void test_small_ops(Backend& be, const std::string& name, std::vector<OpCase>& o
   compare(g, drows.fetch(&ok), want_rows, ok);
   out.push_back(g);
 
+  // logsumexp: vocabulary-sized rows, odd lengths (vector tails), a -inf entry, and the special
+  // rows (NaN, +inf, all -inf) the contract names.
+  for (int64_t n : {int64_t(1), int64_t(7), int64_t(50257)}) {
+    const int R = 3;
+    auto x = rng.vec(size_t(R * n), 20.0f);
+    if (n > 1) x[0] = -INFINITY;
+    std::vector<double> want(R), got(R);
+    ref::logsumexp_rows(x.data(), R, n, want.data());
+    Guarded dx(be, x);
+    be.logsumexp_rows(dx.get(), R, n, got.data());
+    OpCase l{name, "logsumexp", "rows=3 n=" + std::to_string(n)};
+    l.tol = 1e-6;  // absolute: the error a log-probability gets from it
+    for (int r = 0; r < R; r++) l.max_err = std::max(l.max_err, std::fabs(got[size_t(r)] - want[size_t(r)]));
+    ok = true;
+    dx.fetch(&ok);
+    l.ok = ok && l.max_err <= l.tol;
+    if (!l.ok) l.note = ok ? "error above tolerance" : "wrote its input";
+    out.push_back(l);
+  }
+  {
+    const int64_t n = 19;
+    std::vector<float> x(size_t(4 * n), 1.0f);
+    x[3] = NAN;                                       // row 0: NaN
+    x[size_t(n) + 17] = INFINITY;                     // row 1: +inf
+    for (int64_t j = 0; j < n; j++) x[size_t(2 * n + j)] = -INFINITY;  // row 2: all -inf
+    x[size_t(3 * n) + 16] = NAN;                      // row 3: NaN in the vector tail
+    Guarded dx(be, x);
+    std::vector<double> got(4);
+    be.logsumexp_rows(dx.get(), 4, n, got.data());
+    OpCase l{name, "logsumexp", "NaN, +inf, all -inf rows"};
+    l.tol = 0;
+    l.ok = std::isnan(got[0]) && got[1] == INFINITY && got[2] == -INFINITY && std::isnan(got[3]);
+    if (!l.ok) l.note = "special rows not as the contract says";
+    out.push_back(l);
+  }
+
   Guarded dz(be, rng.vec(37));
   be.zero(dz.get(), 37);
   OpCase z{name, "zero", "n=37"};

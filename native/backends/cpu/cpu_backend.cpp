@@ -152,4 +152,11 @@ void CpuBackend::gather_rows(const float* x, const int32_t* rows, int n, int64_t
   for (int i = 0; i < n; i++) std::memcpy(out + i * C, x + int64_t(rows[i]) * C, C * sizeof(float));
 }
 
+void CpuBackend::logsumexp_rows(const float* x, int rows, int64_t n, double* out_host) {
+  pool_.parallel_for(rows, [&](int64_t r, int) {
+    if (isa_ >= Isa::Avx2) avx2::logsumexp_rows(x + r * n, 1, n, out_host + r);
+    else scalar::logsumexp_rows(x + r * n, 1, n, out_host + r);
+  });
+}
+
 }  // namespace llmcore::cpu

@@ -41,6 +41,7 @@ class CpuBackend final : public Backend {
   void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv, int layer,
                  float* out) override;
   void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) override;
+  void logsumexp_rows(const float* x, int rows, int64_t n, double* out_host) override;
   ThreadPool* host_pool() override { return &pool_; }
 
  private:

@@ -364,4 +364,44 @@ void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, i
   }
 }
 
+void logsumexp_rows(const float* x, int rows, int64_t n, double* out) {
+  for (int r = 0; r < rows; r++) {
+    const float* row = x + int64_t(r) * n;
+    // max (_mm256_max_ps(v, m) returns m where v is NaN: NaNs are skipped, and flagged apart)
+    __m256 vmax = _mm256_set1_ps(-INFINITY), vnan = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const __m256 v = _mm256_loadu_ps(row + j);
+      vmax = _mm256_max_ps(v, vmax);
+      vnan = _mm256_or_ps(vnan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
+    float max = -INFINITY;
+    for (float v : lanes) max = v > max ? v : max;
+    bool nan = _mm256_movemask_ps(vnan) != 0;
+    for (int64_t t = j; t < n; t++) {
+      if (row[t] != row[t]) nan = true;
+      else if (row[t] > max) max = row[t];
+    }
+    if (nan || std::isinf(max)) {
+      out[r] = nan ? double(NAN) : double(max);
+      continue;
+    }
+    // sum of exp(x - max) <= n, each term in (0, 1]: fp32 exps, summed in double
+    const __m256 vm = _mm256_set1_ps(max);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (j = 0; j + 8 <= n; j += 8) {
+      const __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
+      s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+      s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    alignas(32) double d[4];
+    _mm256_store_pd(d, _mm256_add_pd(s0, s1));
+    double sum = (d[0] + d[1]) + (d[2] + d[3]);
+    for (; j < n; j++) sum += std::exp(double(row[j]) - double(max));
+    out[r] = double(max) + std::log(sum);
+  }
+}
+
 }  // namespace llmcore::cpu::avx2

@@ -27,6 +27,10 @@ void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t
 void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, int64_t n,
                    int64_t HS, void* k_head, void* v_head, int64_t slot0, bool f16);
 
+// out[r] = log(sum_j exp(x[r * n + j])) for rows [0, rows), as ref::logsumexp_rows: the row's max
+// (NaN skipped), then the exps of the differences summed in double.
+void logsumexp_rows(const float* x, int rows, int64_t n, double* out);
+
 }  // namespace llmcore::cpu::avx2
 
 // The same kernels in plain C++ for CPUs without AVX2 (ops_scalar.cpp).
@@ -39,4 +43,5 @@ void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t
                          float* out);
 void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, int64_t n,
                    int64_t HS, void* k_head, void* v_head, int64_t slot0, bool f16);
+void logsumexp_rows(const float* x, int rows, int64_t n, double* out);
 }  // namespace llmcore::cpu::scalar

@@ -1,5 +1,6 @@
 #include "backends/cpu/ops_ref.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -103,6 +104,25 @@ void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& 
 void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) {
   for (int i = 0; i < n; i++)
     for (int64_t c = 0; c < C; c++) out[i * C + c] = x[int64_t(rows[i]) * C + c];
+}
+
+void logsumexp_rows(const float* x, int rows, int64_t n, double* out) {
+  for (int r = 0; r < rows; r++) {
+    const float* row = x + int64_t(r) * n;
+    double max = -INFINITY;
+    bool nan = false;
+    for (int64_t j = 0; j < n; j++) {
+      if (std::isnan(row[j])) nan = true;
+      else max = std::max(max, double(row[j]));
+    }
+    if (nan || std::isinf(max)) {
+      out[r] = nan ? NAN : max;
+      continue;
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < n; j++) sum += std::exp(double(row[j]) - max);
+    out[r] = max + std::log(sum);
+  }
 }
 
 }  // namespace llmcore::ref

@@ -21,6 +21,7 @@ void kv_store(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& k
 void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv, int layer,
                float* out);
 void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out);
+void logsumexp_rows(const float* x, int rows, int64_t n, double* out);
 
 // Dim d of head h's K (which = 0) or V (which = 1) of position t of a sequence in the paged
 // cache (layout in backend.h: K transposed within a block, V not), in the cache's dtype.

@@ -96,4 +96,23 @@ void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, i
     std::memcpy(v + (slot0 + i) * HS, v_src + i * src_stride, size_t(HS) * sizeof(float));
 }
 
+void logsumexp_rows(const float* x, int rows, int64_t n, double* out) {
+  for (int r = 0; r < rows; r++) {
+    const float* row = x + int64_t(r) * n;
+    float max = -INFINITY;
+    bool nan = false;
+    for (int64_t j = 0; j < n; j++) {
+      if (row[j] != row[j]) nan = true;
+      else if (row[j] > max) max = row[j];
+    }
+    if (nan || std::isinf(max)) {
+      out[r] = nan ? double(NAN) : double(max);
+      continue;
+    }
+    double sum = 0;
+    for (int64_t j = 0; j < n; j++) sum += std::exp(double(row[j]) - double(max));
+    out[r] = double(max) + std::log(sum);
+  }
+}
+
 }  // namespace llmcore::cpu::scalar
