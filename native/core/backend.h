@@ -94,8 +94,10 @@ class Backend {
   virtual std::unique_ptr<Weight> prepare_weight(const WeightView& w, DType compute) = 0;
 
   // out[m] = wte[tokens[m]] + wpe[positions[m]]     tokens/positions: host, (M); out (M, C)
+  // wte is a prepared (V, C) weight (the tied LM head itself where that is exact): row v is
+  // its values for output feature v, widened to fp32.
   virtual void embed(const int32_t* tokens, const int32_t* positions, int M, int64_t C,
-                     const float* wte, const float* wpe, float* out) = 0;
+                     const Weight& wte, const float* wpe, float* out) = 0;
   // out[m] = (x[m] - mean) / sqrt(var + eps) * gamma + beta        x, out (M, C)
   virtual void layernorm(const float* x, int M, int64_t C, const float* gamma, const float* beta,
                          float eps, float* out) = 0;

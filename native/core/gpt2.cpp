@@ -127,7 +127,6 @@ std::unique_ptr<Gpt2Model> Gpt2Model::load(Backend& backend, const std::vector<s
 
   const TensorInfo& wte = ts.get("wte.weight", {V, C}, "vocab_size=" + std::to_string(V) + ", " + c_why);
   m->dtype_ = auto_dtype ? wte.dtype : forced;
-  m->wte_ = vec(wte);
   m->wpe_ = vec(ts.get("wpe.weight", {P, C}, "n_positions=" + std::to_string(P) + ", " + c_why));
   for (int64_t l = 0; l < L; l++) {
     const std::string h = "h." + std::to_string(l) + ".";
@@ -159,6 +158,15 @@ std::unique_ptr<Gpt2Model> Gpt2Model::load(Backend& backend, const std::vector<s
                                     "tie_word_embeddings to false)");
   }
   if (!m->lm_head_) m->lm_head_ = matrix(wte, V, C, false);
+  // The embedding reads wte through the tied LM head when that holds the stored values (no
+  // dtype conversion): no second copy of the largest tensor. Otherwise (a converted dtype, an
+  // untied head) wte gets an exact fp32 copy of its own, so embeddings never change with dtype.
+  if (cfg.tie_word_embeddings && m->dtype_ == wte.dtype) {
+    m->wte_ = m->lm_head_.get();
+  } else {
+    m->wte_own_ = backend.prepare_weight(WeightView{wte.data, wte.dtype, V, C, false, wte.name}, DType::F32);
+    m->wte_ = m->wte_own_.get();
+  }
   ts.check_all_used();
   return m;
 }
@@ -206,7 +214,7 @@ float* Gpt2Model::forward(const int32_t* tokens, const int32_t* positions, int M
     if (hook_) hook_(name, layer, data, rows, cols);
   };
 
-  be.embed(tokens, positions, M, C, wte_, wpe_, a.x);                      dump("embd", -1, a.x, M, C);
+  be.embed(tokens, positions, M, C, *wte_, wpe_, a.x);                     dump("embd", -1, a.x, M, C);
   for (int l = 0; l < int(layers_.size()); l++) {
     const Layer& w = layers_[size_t(l)];
     be.layernorm(a.x, M, C, w.ln_1_w, w.ln_1_b, eps, a.xn);                dump("attn_norm", l, a.xn, M, C);

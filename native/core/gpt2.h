@@ -76,7 +76,8 @@ class Gpt2Model {
   DType dtype_ = DType::F32;
   size_t weight_bytes_ = 0;
   std::vector<float*> owned_;
-  float* wte_ = nullptr;  // (V, C)
+  const Weight* wte_ = nullptr;     // (V, C) for the embedding: lm_head_ itself, or wte_own_
+  std::unique_ptr<Weight> wte_own_;
   float* wpe_ = nullptr;  // (n_positions, C)
   std::vector<Layer> layers_;
   float *ln_f_w_ = nullptr, *ln_f_b_ = nullptr;

@@ -297,15 +297,23 @@ void test_small_ops(Backend& be, const std::string& name, std::vector<OpCase>& o
   const int64_t C = 17;
   std::vector<int32_t> tokens = {0, 49, 7, 7, 23}, positions = {0, 1, 2, 19, 4};
   auto wte = rng.vec(size_t(V * C)), wpe = rng.vec(size_t(P * C));
-  std::vector<float> want(size_t(M * C));
-  ref::embed(tokens.data(), positions.data(), M, C, wte.data(), wpe.data(), want.data());
-  Guarded dwte(be, wte), dwpe(be, wpe), dout(be, std::vector<float>(want.size(), 0.f));
-  be.embed(tokens.data(), positions.data(), M, C, dwte.get(), dwpe.get(), dout.get());
-  OpCase e{name, "embed", "M=5 C=17 V=50"};
-  e.tol = 1e-7;
+  Guarded dwte(be, wte), dwpe(be, wpe);
   bool ok = true;
-  compare(e, dout.fetch(&ok), want, ok);
-  out.push_back(e);
+  // wte as a prepared weight in each dtype (the tied LM head), as stored: exact rows
+  for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+    const auto stored = store_weight(wte, V, C, t, false);
+    auto w = be.prepare_weight(WeightView{stored.data(), t, V, C, false, "wte"}, t);
+    const auto rounded = round_to(wte, t);
+    std::vector<float> want(size_t(M * C));
+    ref::embed(tokens.data(), positions.data(), M, C, rounded.data(), wpe.data(), want.data());
+    Guarded dout(be, std::vector<float>(want.size(), 0.f));
+    be.embed(tokens.data(), positions.data(), M, C, *w, dwpe.get(), dout.get());
+    OpCase e{name, "embed", std::string("M=5 C=17 V=50 ") + dtype_name(t)};
+    e.tol = 0;
+    ok = true;
+    compare(e, dout.fetch(&ok), want, ok);
+    out.push_back(e);
+  }
 
   std::vector<int32_t> rows = {4, 0, 2};
   std::vector<float> want_rows(3 * size_t(C));

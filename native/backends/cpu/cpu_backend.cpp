@@ -51,11 +51,13 @@ std::unique_ptr<Weight> CpuBackend::prepare_weight(const WeightView& w, DType co
 }
 
 void CpuBackend::embed(const int32_t* tokens, const int32_t* positions, int M, int64_t C,
-                       const float* wte, const float* wpe, float* out) {
+                       const Weight& wte, const float* wpe, float* out) {
+  const auto& W = static_cast<const PackedWeight&>(wte);
   for (int m = 0; m < M; m++) {
-    const float* a = wte + int64_t(tokens[m]) * C;
+    float* row = out + m * C;
+    packed_row(W, tokens[m], row);
     const float* b = wpe + int64_t(positions[m]) * C;
-    for (int64_t c = 0; c < C; c++) out[m * C + c] = a[c] + b[c];
+    for (int64_t c = 0; c < C; c++) row[c] += b[c];
   }
 }
 

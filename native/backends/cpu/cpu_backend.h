@@ -30,7 +30,7 @@ class CpuBackend final : public Backend {
 
   std::unique_ptr<Weight> prepare_weight(const WeightView& w, DType compute) override;
 
-  void embed(const int32_t* tokens, const int32_t* positions, int M, int64_t C, const float* wte,
+  void embed(const int32_t* tokens, const int32_t* positions, int M, int64_t C, const Weight& wte,
              const float* wpe, float* out) override;
   void layernorm(const float* x, int M, int64_t C, const float* gamma, const float* beta,
                  float eps, float* out) override;

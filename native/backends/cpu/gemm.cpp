@@ -123,6 +123,35 @@ void scalar_gemm_block(const kern::GemmCall& c, int64_t m0, int64_t m1, int64_t 
 
 }  // namespace
 
+void packed_row(const PackedWeight& W, int64_t n, float* out) {
+  const int nr = W.nr;
+  const uint8_t* panel = static_cast<const uint8_t*>(W.data) + (n / nr) * W.panel_bytes;
+  const int j = int(n % nr);
+  const int64_t K = W.k;
+  switch (W.fmt) {
+    case kern::kF32: {
+      const float* p = reinterpret_cast<const float*>(panel) + j;
+      for (int64_t k = 0; k < K; k++) out[k] = p[k * nr];
+      break;
+    }
+    case kern::kF16: {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(panel) + j;
+      for (int64_t k = 0; k < K; k++) out[k] = f16_to_f32(p[k * nr]);
+      break;
+    }
+    case kern::kBF16: {
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(panel) + packed_pos(kern::kBF16, nr, j);
+      for (int64_t k = 0; k < K; k++) out[k] = bf16_to_f32(p[k * nr]);
+      break;
+    }
+    default: {  // kBF16Pairs: pair-row k / 2 holds (W[k][j], W[k + 1][j]) as one 32-bit unit
+      const uint16_t* p = reinterpret_cast<const uint16_t*>(panel) + 2 * j;
+      for (int64_t k = 0; k < K; k++) out[k] = bf16_to_f32(p[(k / 2) * (2 * nr) + (k & 1)]);
+      break;
+    }
+  }
+}
+
 bool bf16_dot_product(Isa isa) { return packed_fmt(DType::BF16, isa) == kern::kBF16Pairs; }
 
 float gelu_new(float x) {

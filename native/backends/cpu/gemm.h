@@ -42,6 +42,10 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
 void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
           Epilogue ep, ThreadPool& pool);
 
+// Row n of W (its K values for output feature n), widened to fp32: the embedding lookup of a
+// (V, C) weight packed for the LM head.
+void packed_row(const PackedWeight& W, int64_t n, float* out);
+
 // True when bf16 weights packed for `isa` use the CPU's bf16 dot product (AVX512_BF16
 // vdpbf16ps): the activations are then rounded to bf16 too (fp32 accumulation), so results
 // differ from the fp32 FMA chain by about bf16's rounding (2^-9 relative per product).
