@@ -8,7 +8,8 @@
 // itself: a beam no successor comes from is released, a beam that several come from is forked
 // (the full blocks are shared, only the partial last one is copied), so no prefix is recomputed.
 import type { GeneratedSequence, GenerationContext, GenerationResult } from './generation';
-import { bannedTokens, minNewTokensFor, prefillPrompt, promptResult } from './generation';
+import { OptionError } from './errors';
+import { bannedTokens, checkTokenIds, minNewTokensFor, prefillPrompt, promptResult } from './generation';
 import { newTokenBudget, type ResolvedOptions } from './options';
 import { LogitsMode, type ActiveSequence } from './scheduler';
 
@@ -113,6 +114,8 @@ export async function runBeamSearch(
   const { scheduler, admission, config, tokenizer } = ctx;
   const { numBeams: B, lengthPenalty, earlyStopping } = opts;
   const P = promptTokens.length;
+  if (P === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
+  checkTokenIds(promptTokens, config, 'generate');
   const budget = newTokenBudget(opts, P, config);
   const eos = config.eosTokenId;
   const sequence = (tokens: number[], reason: GeneratedSequence['finishReason'], score: number): GeneratedSequence => ({

@@ -122,11 +122,13 @@ export function resolveOptions(
   else if (callerMaxLength !== undefined) maxLength = callerMaxLength;
   else if (defaults.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', defaults.maxNewTokens, 0, P);
   else maxLength = Math.min(int('maxLength', defaults.maxLength ?? 20, 1, Number.MAX_SAFE_INTEGER), P);
-  const doSample = pick('doSample') ?? false;
-  if (typeof doSample !== 'boolean') throw new OptionError(`[generate] option doSample must be a boolean`);
-  const n = o.numReturnSequences === undefined ? 1 : int('numReturnSequences', o.numReturnSequences, 1, 1024);
   // Beams: each step keeps the 2 * numBeams best (beam, token) pairs, so the vocabulary bounds them.
   const numBeams = int('numBeams', pick('numBeams') ?? 1, 1, Math.min(256, Math.floor(config.vocabSize / 2)));
+  // A caller's numBeams wins over a checkpoint's do_sample (gpt2's comes from its sampling
+  // pipeline's task_specific_params); doSample: true next to numBeams > 1 is refused below.
+  const doSample = o.numBeams !== undefined && numBeams > 1 && o.doSample === undefined ? false : pick('doSample') ?? false;
+  if (typeof doSample !== 'boolean') throw new OptionError(`[generate] option doSample must be a boolean`);
+  const n = o.numReturnSequences === undefined ? 1 : int('numReturnSequences', o.numReturnSequences, 1, 1024);
   if (numBeams > 1 && doSample)
     throw new OptionError(`[generate] option numBeams=${numBeams} with doSample: true (beam sampling) is not supported; pass doSample: false`);
   if (numBeams > 1 && n > numBeams)

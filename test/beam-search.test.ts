@@ -163,6 +163,14 @@ describe('beam search in the engine', () => {
     expect(tiny.kvStats().reservedBlocks).toBe(0);
   });
 
+  test('a caller\'s numBeams wins over the checkpoint\'s do_sample default (task_specific_params)', async () => {
+    expect(tiny.generationDefaults.doSample).toBe(true);
+    const p = tokenSequence(4, 11);
+    const implicit = await tiny.generate(p, { numBeams: 3, numReturnSequences: 2, maxNewTokens: 5 });
+    const explicit = await tiny.generate(p, beams({ numBeams: 3, numReturnSequences: 2, maxNewTokens: 5 }));
+    expect(implicit.sequences).toEqual(explicit.sequences);
+  });
+
   test('options are validated', async () => {
     const p = [464];
     await expect(tiny.generate(p, { numBeams: 3, doSample: true })).rejects.toThrow(/beam sampling/);
@@ -174,6 +182,8 @@ describe('beam search in the engine', () => {
     await expect(tiny.generate(p, beams({ numBeams: 2, stop: 'x' }))).rejects.toThrow(/stop/);
     const it = tiny.stream(p, beams({ numBeams: 2 }));
     await expect(it.next()).rejects.toThrow(/cannot stream/);
+    await expect(tiny.generate('', beams({ numBeams: 2 }))).rejects.toThrow(/prompt is empty/);
+    await expect(tiny.generate([50257], beams({ numBeams: 2 }))).rejects.toThrow(OptionError);
     // greedy with several sequences names both ways out
     await expect(tiny.generate(p, beams({ numReturnSequences: 2 }))).rejects.toThrow(/doSample: true or numBeams/);
   });
