@@ -148,6 +148,25 @@ test('loadModel validates kvCacheBytes and maxSequences', async () => {
   }
 });
 
+test('beam searches through a 12-block budget: beams forked and released between steps stay inside it', async () => {
+  const m = await freshModel(TINY, { ...CPU, kvCacheBytes: 12 * blockBytes });
+  try {
+    // 10-token prompts + 20 new tokens, 3 beams: up to 3 x 2 blocks each, so 2 run at a time.
+    const prompts = Array.from({ length: 4 }, (_, i) => tokenSequence(10, 60 + i));
+    const opts = greedy({ numBeams: 3, numReturnSequences: 2, maxNewTokens: 20 });
+    const { result, peak } = await watched(m, () => m.generate(prompts, opts));
+    const want = await unbounded.generate(prompts, opts);
+    expect(result.map((r) => r.sequences)).toEqual(want.map((r) => r.sequences));
+    expect(peak.queued).toBeGreaterThan(0);
+    expect(peak.active).toBeLessThanOrEqual(6);
+    expect(peak.native).toBeGreaterThan(6);
+    expect(peak.native).toBeLessThanOrEqual(12);
+    expect(nativeBlocksInUse(m)).toBe(0);
+  } finally {
+    m.dispose();
+  }
+});
+
 test('an f16 KV cache fits twice the blocks in the same kvCacheBytes, and runs twice the sequences at once', async () => {
   const m = await freshModel(TINY, { ...CPU, kvCacheBytes: 6 * blockBytes, kvCacheDtype: 'f16' });
   try {
