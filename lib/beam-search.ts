@@ -30,6 +30,9 @@ interface Candidate {
 interface Hypothesis {
   tokens: number[];
   score: number;
+  /** Its text; for a stop-string end, cut before the stop string. */
+  text: string;
+  reason: GeneratedSequence['finishReason'];
 }
 
 interface Row {
@@ -118,11 +121,20 @@ export async function runBeamSearch(
   checkTokenIds(promptTokens, config, 'generate');
   const budget = newTokenBudget(opts, P, config);
   const eos = config.eosTokenId;
-  const sequence = (tokens: number[], reason: GeneratedSequence['finishReason'], score: number): GeneratedSequence => ({
-    text: tokenizer.decode(tokens, { skipSpecialTokens: true }), tokens, finishReason: reason, score,
-  });
+  const decode = (tokens: number[]) => tokenizer.decode(tokens, { skipSpecialTokens: true });
   const empty = (reason: GeneratedSequence['finishReason']) =>
-    promptResult(promptText, promptTokens, Array.from({ length: opts.numReturnSequences }, () => sequence([], reason, 0)), start, 0);
+    promptResult(promptText, promptTokens, Array.from({ length: opts.numReturnSequences },
+      () => ({ text: '', tokens: [], finishReason: reason, score: 0 })), start, 0);
+  // A stop string ends a candidate like eos does (HF's StopStringCriteria), matched in the
+  // continuation's text as generate() without beams does; the text ends before it.
+  const stopAt = (text: string) => {
+    let cut = -1;
+    for (const s of opts.stop) {
+      const at = text.indexOf(s);
+      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+    }
+    return cut;
+  };
   if (budget === 0) return empty('length');
   if (opts.signal?.aborted) return empty('abort');
   const reservation = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, B), B, opts.signal);
@@ -153,18 +165,27 @@ export async function runBeamSearch(
       });
       all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
       const candidates = all.slice(0, 2 * B);
-      const ends = (c: Candidate) => c.token === eos || newTokens >= budget;
+      // How each candidate ends, if it does: eos, a stop string, or the length limit.
+      const endings = candidates.map((c): Hypothesis | null => {
+        const tokens = beams[c.beam].tokens.concat(c.token);
+        const score = c.sum / newTokens ** lengthPenalty;
+        if (c.token === eos) return { tokens, score, text: decode(tokens), reason: 'eos' };
+        const text = opts.stop.length > 0 || newTokens >= budget ? decode(tokens) : '';
+        const cut = opts.stop.length > 0 ? stopAt(text) : -1;
+        if (cut >= 0) return { tokens, score, text: text.slice(0, cut), reason: 'stop' };
+        return newTokens >= budget ? { tokens, score, text, reason: 'length' } : null;
+      });
       // Finished: of the numBeams best candidates, those that end (once numBeams are finished with
       // earlyStopping true, no more).
       if (!(earlyStopping === true && finished.length === B)) {
-        candidates.slice(0, B).filter(ends).forEach((c) => finished.push({
-          tokens: beams[c.beam].tokens.concat(c.token),
-          score: c.sum / newTokens ** lengthPenalty,
-        }));
+        for (let i = 0; i < B && i < candidates.length; i++) {
+          const h = endings[i];
+          if (h) finished.push(h);
+        }
         finished.sort((a, b) => b.score - a.score);
         finished.splice(B);
       }
-      const next = candidates.filter((c) => !ends(c)).slice(0, B);
+      const next = candidates.filter((_, i) => !endings[i]).slice(0, B);
       // Stop when every candidate ended, when numBeams are finished and (HF's heuristic) the best
       // running beam cannot beat the worst of them, or with earlyStopping true once they are.
       if (next.length === 0) break;
@@ -181,16 +202,17 @@ export async function runBeamSearch(
       }
     }
     // Aborted: the running beams count as hypotheses of their current length.
-    const aborted = opts.signal?.aborted ?? false;
-    const pool: Array<Hypothesis & { reason: GeneratedSequence['finishReason'] }> = finished.map((h) => ({
-      ...h, reason: h.tokens[h.tokens.length - 1] === eos ? 'eos' : 'length',
-    }));
-    if (aborted)
-      for (const b of beams)
-        pool.push({ tokens: b.tokens, score: b.tokens.length ? b.sum / b.tokens.length ** lengthPenalty : 0, reason: 'abort' });
+    const pool = finished.slice();
+    if (opts.signal?.aborted)
+      for (const b of beams) {
+        const score = b.tokens.length ? b.sum / b.tokens.length ** lengthPenalty : 0;
+        pool.push({ tokens: b.tokens, score, text: decode(b.tokens), reason: 'abort' });
+      }
     pool.sort((a, b) => b.score - a.score);
-    const out = pool.slice(0, opts.numReturnSequences).map((h) => sequence(h.tokens, h.reason, h.score));
-    while (out.length < opts.numReturnSequences) out.push(sequence([], 'abort', 0));
+    const out: GeneratedSequence[] = pool.slice(0, opts.numReturnSequences).map((h) => ({
+      text: h.text, tokens: h.tokens, finishReason: h.reason, score: h.score,
+    }));
+    while (out.length < opts.numReturnSequences) out.push({ text: '', tokens: [], finishReason: 'abort', score: 0 });
     return promptResult(promptText, promptTokens, out, start, firstAt);
   } finally {
     await releaseAll();

@@ -145,8 +145,6 @@ export function resolveOptions(
     stop = typeof o.stop === 'string' ? [o.stop] : (o.stop as string[]);
     if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string' || s.length === 0))
       throw new OptionError('[generate] option stop must be a non-empty string or an array of them');
-    if (numBeams > 1 && stop.length > 0)
-      throw new OptionError('[generate] option stop is not supported with numBeams > 1 (beam search ends on eos or the length)');
   }
   const signal = o.signal as AbortSignal | undefined;
   if (signal !== undefined && (typeof signal !== 'object' || typeof signal.addEventListener !== 'function'))

@@ -6,6 +6,7 @@ import { loadModel, OptionError, type GenerateOptions, type Model } from '../lib
 import { CPU, checkpoint, model, mutableCopy, readJsonFile, replaceFile, tokenSequence } from './helpers/fixtures';
 import { beamSearchReference, type BeamReferenceOptions } from './reference/beam-search-f64';
 import { loadGpt2Reference, type Gpt2Reference } from './reference/gpt2-f64';
+import { decode as r50kDecode } from 'gpt-tokenizer/cjs/encoding/r50k_base';
 
 const EOS = 50256;
 // Engine logits are within ~1e-5 of the float64 ones on the tiny checkpoint (test/logits.test.ts);
@@ -31,6 +32,8 @@ function refOptions(o: GenerateOptions, eosTokenId = EOS): BeamReferenceOptions 
     numBeams: o.numBeams!, maxNewTokens: o.maxNewTokens!, eosTokenId,
     lengthPenalty: o.lengthPenalty, earlyStopping: o.earlyStopping, repetitionPenalty: o.repetitionPenalty,
     noRepeatNgramSize: o.noRepeatNgramSize, minNewTokens: o.minNewTokens,
+    // the reference decodes with the peer tokenizer library
+    stop: typeof o.stop === 'string' ? [o.stop] : o.stop, decode: (ids) => r50kDecode(ids),
   };
 }
 
@@ -65,11 +68,15 @@ async function expectMatchesReference(m: Model, r: Gpt2Reference, prompt: number
   expect(steps).toBe((prompt.length > 1 ? 1 : 0) + want.steps);
   const n = o.numReturnSequences ?? 1;
   expect(got.sequences).toHaveLength(n);
+  const stops = typeof o.stop === 'string' ? [o.stop] : o.stop ?? [];
   got.sequences.forEach((s, i) => {
     expect(s.tokens).toEqual(want.hypotheses[i].tokens);
     expect(Math.abs(s.score! - want.hypotheses[i].score)).toBeLessThan(SCORE_TOL);
-    expect(s.finishReason).toBe(s.tokens[s.tokens.length - 1] === eos ? 'eos' : 'length');
-    expect(s.text).toBe(m.tokenizer.decode(s.tokens, { skipSpecialTokens: true }));
+    const full = m.tokenizer.decode(s.tokens, { skipSpecialTokens: true });
+    const cuts = stops.map((st) => full.indexOf(st)).filter((at) => at >= 0);
+    const reason = s.tokens[s.tokens.length - 1] === eos ? 'eos' : cuts.length > 0 ? 'stop' : 'length';
+    expect(s.finishReason).toBe(reason);
+    expect(s.text).toBe(reason === 'stop' ? full.slice(0, Math.min(...cuts)) : full);
   });
   return { got, want };
 }
@@ -86,6 +93,20 @@ describe('beam search matches the float64 reference of HF _beam_search', () => {
   test('repetitionPenalty and noRepeatNgramSize act on the log-probabilities', async () => {
     await expectMatchesReference(tiny, ref, tokenSequence(5, 2),
       { numBeams: 3, numReturnSequences: 2, maxNewTokens: 9, repetitionPenalty: 1.6, noRepeatNgramSize: 2 });
+  });
+
+  test('a stop string ends a hypothesis as eos does (HF StopStringCriteria); the text ends before it', async () => {
+    const prompt = tokenSequence(6, 13);
+    const o: GenerateOptions = { numBeams: 3, numReturnSequences: 3, maxNewTokens: 10 };
+    // the stop string: the text of a token the plain search's best hypothesis generates
+    const plain = await tiny.generate(prompt, beams(o));
+    const token = plain.sequences[0].tokens.slice(2).find((t) => /^ ?[A-Za-z]{3,}$/.test(tiny.tokenizer.decode([t])));
+    expect(token).toBeDefined();
+    const stop = tiny.tokenizer.decode([token!]).trim();
+    // lengthPenalty 0 (sums): the hypotheses the stop string ends early rank first
+    const { got } = await expectMatchesReference(tiny, ref, prompt, { ...o, stop, lengthPenalty: 0 });
+    expect(got.sequences.some((s) => s.finishReason === 'stop')).toBe(true);
+    for (const s of got.sequences) expect(s.text).not.toContain(stop);
   });
 
   test('one beam of several returned, a prompt of one token', async () => {
@@ -179,7 +200,6 @@ describe('beam search in the engine', () => {
     await expect(tiny.generate(p, beams({ numBeams: 2.5 }))).rejects.toThrow(/numBeams/);
     await expect(tiny.generate(p, beams({ numBeams: 2, lengthPenalty: NaN }))).rejects.toThrow(/lengthPenalty/);
     await expect(tiny.generate(p, beams({ numBeams: 2, earlyStopping: 'sometimes' as never }))).rejects.toThrow(/earlyStopping/);
-    await expect(tiny.generate(p, beams({ numBeams: 2, stop: 'x' }))).rejects.toThrow(/stop/);
     const it = tiny.stream(p, beams({ numBeams: 2 }));
     await expect(it.next()).rejects.toThrow(/cannot stream/);
     await expect(tiny.generate('', beams({ numBeams: 2 }))).rejects.toThrow(/prompt is empty/);

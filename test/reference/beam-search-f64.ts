@@ -14,6 +14,9 @@ export interface BeamReferenceOptions {
   repetitionPenalty?: number;
   noRepeatNgramSize?: number;
   minNewTokens?: number;
+  /** Stop strings, searched in decode(generated tokens): a candidate containing one stops. */
+  stop?: string[];
+  decode?: (tokens: number[]) => string;
 }
 
 export interface BeamReferenceResult {
@@ -100,8 +103,9 @@ export function beamSearchReference(model: Gpt2Reference, prompt: number[], o: B
       score: flat[idx],
       seq: running[Math.floor(idx / V)].concat(idx % V),
     }));
-    // d. which of them stop (eos, or max_length reached)
-    const hits = cand.map((c) => c.seq[c.seq.length - 1] === o.eosTokenId || c.seq.length >= maxLength);
+    // d. which of them stop (eos, a stop string, or max_length reached)
+    const stopped = (seq: number[]) => (o.stop ?? []).some((s) => o.decode!(seq.slice(P)).includes(s));
+    const hits = cand.map((c) => c.seq[c.seq.length - 1] === o.eosTokenId || c.seq.length >= maxLength || stopped(c.seq));
     // e. the running beams: top B after masking the stopped ones with -1e9
     const masked = cand.map((c, i) => c.score + (hits[i] ? NEG : 0));
     const nextIdx = topk(masked, B);
