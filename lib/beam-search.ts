@@ -11,7 +11,7 @@ import type { GeneratedSequence, GenerationContext, GenerationResult } from './g
 import { OptionError } from './errors';
 import { bannedTokens, checkTokenIds, minNewTokensFor, prefillPrompt, promptResult } from './generation';
 import { newTokenBudget, type ResolvedOptions } from './options';
-import { LogitsMode, type ActiveSequence } from './scheduler';
+import { LogitsMode, NOT_SAMPLED, type ActiveSequence } from './scheduler';
 
 interface Beam {
   id: number;
@@ -49,7 +49,7 @@ function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<
       pending: [token],
       sample: false,
       logits: LogitsMode.Last,
-      params: Float32Array.of(0, 1, 0, 1, 1), // not sampled
+      params: NOT_SAMPLED,
       banned: [],
       cancelled: false,
       onStep: (_sampled, rows, drained, logsumexp) => {

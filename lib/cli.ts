@@ -11,7 +11,7 @@ const USAGE = `usage:
   llmcore generate PROMPT --model DIR [options]
       --max-length N  --max-new-tokens N  --min-new-tokens N  --num-return-sequences N
       --no-repeat-ngram-size N  --num-beams N  --length-penalty L  --early-stopping true|false|never
-      --do-sample | --greedy  --temperature T  --top-k K  --top-p P
+      --do-sample | --greedy  --temperature T  --top-k K  --top-p P  --min-p P  --typical-p P
       --repetition-penalty R  --seed N  --stop STRING (repeatable)
       --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype f32|f16
       --stream (print tokens as they come; one sequence)  --json
@@ -52,6 +52,8 @@ async function generate(args: string[]): Promise<number> {
       temperature: { type: 'string' },
       'top-k': { type: 'string' },
       'top-p': { type: 'string' },
+      'min-p': { type: 'string' },
+      'typical-p': { type: 'string' },
       'repetition-penalty': { type: 'string' },
       seed: { type: 'string' },
       stop: { type: 'string', multiple: true },
@@ -88,6 +90,8 @@ async function generate(args: string[]): Promise<number> {
       temperature: number('temperature', values.temperature),
       topK: number('top-k', values['top-k']),
       topP: number('top-p', values['top-p']),
+      minP: number('min-p', values['min-p']),
+      typicalP: number('typical-p', values['typical-p']),
       repetitionPenalty: number('repetition-penalty', values['repetition-penalty']),
       seed: number('seed', values.seed),
       stop: values.stop,

@@ -31,6 +31,8 @@ export interface GenerationDefaults {
   temperature?: number;
   topK?: number;
   topP?: number;
+  minP?: number;
+  typicalP?: number;
   repetitionPenalty?: number;
   numBeams?: number;
   lengthPenalty?: number;
@@ -138,6 +140,8 @@ function pickDefaults(src: Json | undefined): GenerationDefaults {
   if (num('temperature') !== undefined) out.temperature = num('temperature');
   if (num('top_k') !== undefined) out.topK = num('top_k');
   if (num('top_p') !== undefined) out.topP = num('top_p');
+  if (num('min_p') !== undefined) out.minP = num('min_p');
+  if (num('typical_p') !== undefined) out.typicalP = num('typical_p');
   if (num('repetition_penalty') !== undefined) out.repetitionPenalty = num('repetition_penalty');
   if (num('num_beams') !== undefined) out.numBeams = num('num_beams');
   if (num('length_penalty') !== undefined) out.lengthPenalty = num('length_penalty');

@@ -5,7 +5,7 @@ import type { Admission } from './admission';
 import type { ModelConfig } from './config';
 import { OptionError } from './errors';
 import { newTokenBudget, type ResolvedOptions } from './options';
-import { LogitsMode, Scheduler, type ActiveSequence } from './scheduler';
+import { LogitsMode, NOT_SAMPLED, Scheduler, type ActiveSequence } from './scheduler';
 import type { Gpt2Tokenizer } from './tokenizer';
 
 export type FinishReason = 'length' | 'eos' | 'stop' | 'abort';
@@ -70,7 +70,7 @@ export function prefill(scheduler: Scheduler, id: number, tokens: number[], logi
       pending: tokens.slice(),
       sample: false,
       logits,
-      params: Float32Array.of(0, 1, 0, 1, 1), // not sampled
+      params: NOT_SAMPLED,
       banned: [],
       cancelled: false,
       onStep: (_sampled, rows, drained) => {
@@ -171,7 +171,8 @@ class SequenceRun implements ActiveSequence {
   ) {
     this.pending = [prompt[prompt.length - 1]];
     // layout: NativeStepRequest.params
-    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty);
+    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty,
+      opts.minP, opts.typicalP);
     this.updateBanned();
     this.decoder = ctx.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
   }

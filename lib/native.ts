@@ -35,7 +35,7 @@ export interface NativeEngineInfo {
   kvDtype: 'f32' | 'f16';
 }
 
-export const PARAMS_PER_ITEM = 5;
+export const PARAMS_PER_ITEM = 7;
 
 /** One batched forward pass; item i covers tokens[sum(counts[0..i)) .. +counts[i]). */
 export interface NativeStepRequest {
@@ -45,7 +45,7 @@ export interface NativeStepRequest {
   /** 0: none, 1: last position, 2: all positions */
   logits: Uint8Array;
   sample: Uint8Array;
-  /** PARAMS_PER_ITEM per item: doSample (0/1), temperature, topK, topP, repetitionPenalty */
+  /** PARAMS_PER_ITEM per item: doSample (0/1), temperature, topK, topP, repetitionPenalty, minP, typicalP */
   params: Float32Array;
   /** Tokens that may not be sampled, item by item (bannedCounts[i] of them for item i). */
   banned: Int32Array;

@@ -35,6 +35,10 @@ export interface GenerateOptions {
   topK?: number;
   /** Nucleus sampling mass in (0, 1]. */
   topP?: number;
+  /** Keep tokens with probability >= minP x the most likely one's (HF min_p; 0: off). */
+  minP?: number;
+  /** Locally typical sampling mass in (0, 1] (HF typical_p; 1: off). */
+  typicalP?: number;
   /** HF repetition_penalty (> 0; 1: off). */
   repetitionPenalty?: number;
   /** Same seed, same output. Default: random. */
@@ -60,6 +64,8 @@ export interface ResolvedOptions {
   temperature: number;
   topK: number;
   topP: number;
+  minP: number;
+  typicalP: number;
   repetitionPenalty: number;
   seed: number;
   stop: string[];
@@ -68,7 +74,7 @@ export interface ResolvedOptions {
 
 const known: ReadonlySet<string> = new Set([
   'maxLength', 'maxNewTokens', 'minNewTokens', 'minLength', 'noRepeatNgramSize', 'badWordsIds', 'numReturnSequences', 'numBeams',
-  'lengthPenalty', 'earlyStopping', 'doSample', 'temperature', 'topK', 'topP',
+  'lengthPenalty', 'earlyStopping', 'doSample', 'temperature', 'topK', 'topP', 'minP', 'typicalP',
   'repetitionPenalty', 'seed', 'stop', 'signal',
 ]);
 
@@ -165,6 +171,8 @@ export function resolveOptions(
     temperature: num('temperature', pick('temperature') ?? 1, (x) => x > 0, 'a number > 0'),
     topK: int('topK', pick('topK') ?? 50, 0, Number.MAX_SAFE_INTEGER),
     topP: num('topP', pick('topP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
+    minP: num('minP', pick('minP') ?? 0, (x) => x >= 0 && x <= 1, 'a number in [0, 1]'),
+    typicalP: num('typicalP', pick('typicalP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
     repetitionPenalty: num('repetitionPenalty', pick('repetitionPenalty') ?? 1, (x) => x > 0, 'a number > 0'),
     seed,
     stop,

@@ -9,6 +9,9 @@ import { wrapNativeError } from './errors';
 export const LogitsMode = { None: 0, Last: 1, All: 2 } as const;
 export type LogitsMode = (typeof LogitsMode)[keyof typeof LogitsMode];
 
+/** Sampling parameters of a sequence that is only fed (layout: NativeStepRequest.params). */
+export const NOT_SAMPLED: Float32Array = Float32Array.of(0, 1, 0, 1, 1, 0, 1);
+
 /** A native sequence taking part in steps. Its owner refills `pending` from onStep. */
 export interface ActiveSequence {
   readonly id: number;
@@ -17,7 +20,7 @@ export interface ActiveSequence {
   /** Sample a next token once `pending` is drained. */
   sample: boolean;
   logits: LogitsMode;
-  /** doSample, temperature, topK, topP, repetitionPenalty */
+  /** doSample, temperature, topK, topP, repetitionPenalty, minP, typicalP */
   params: Float32Array;
   /** Tokens its next sample may not be (kept up to date by the owner). */
   banned: readonly number[];

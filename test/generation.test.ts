@@ -202,6 +202,66 @@ describe('sampling', () => {
     expect(Math.max(...sizes)).toBeGreaterThan(1); // the nucleus was not trivially one token
   });
 
+  test('minP: every token is at least minP x as likely as the most likely one (after topK)', async () => {
+    const minP = 0.3;
+    const temperature = 0.05;
+    const topK = 20;
+    const prompt = tiny.tokenizer.encode('Min p sampling');
+    const r = await tiny.generate(prompt, { doSample: true, topK, minP, temperature, maxNewTokens: 20, numReturnSequences: 2, seed: 8 });
+    const sizes: number[] = [];
+    let notArgmax = 0;
+    for (const s of r.sequences) {
+      const rows = await recomputedRows(tiny, prompt, s.tokens);
+      s.tokens.forEach((tok, i) => {
+        const x = Array.from(rows[i], (v) => v / temperature);
+        const order = sortedDesc(x);
+        const floor = x[order[0]] + Math.log(minP);
+        // the kept set: the topK largest, then those within log(minP) of the largest
+        sizes.push(order.slice(0, topK).filter((t) => x[t] >= floor).length);
+        expect(order.indexOf(tok)).toBeLessThan(topK);
+        expect(x[tok]).toBeGreaterThanOrEqual(floor - 1e-4);
+        if (tok !== order[0]) notArgmax++;
+      });
+    }
+    expect(Math.max(...sizes)).toBeGreaterThan(1);
+    expect(Math.min(...sizes)).toBeLessThan(topK); // minP did cut into the top-k set
+    expect(notArgmax).toBeGreaterThan(0);
+  });
+
+  test('typicalP: every token lies in the locally typical set of softmax(logits / temperature)', async () => {
+    const typicalP = 0.3;
+    const temperature = 0.05;
+    const prompt = tiny.tokenizer.encode('Typical sampling');
+    const r = await tiny.generate(prompt, { doSample: true, topK: 0, typicalP, temperature, maxNewTokens: 20, numReturnSequences: 2, seed: 9 });
+    const sizes: number[] = [];
+    for (const s of r.sequences) {
+      const rows = await recomputedRows(tiny, prompt, s.tokens);
+      s.tokens.forEach((tok, i) => {
+        // HF TypicalLogitsWarper in float64: rank by |-log p - H|, keep up to the token at which
+        // the cumulative probability in that order first reaches typicalP
+        const x = Array.from(rows[i], (v) => v / temperature);
+        const max = Math.max(...x);
+        const logZ = max + Math.log(x.reduce((a, v) => a + Math.exp(v - max), 0));
+        const lp = x.map((v) => v - logZ);
+        const H = -lp.reduce((a, l) => a + Math.exp(l) * l, 0);
+        const shifted = lp.map((l) => Math.abs(-l - H));
+        const order = Array.from(shifted.keys()).sort((a, b) => shifted[a] - shifted[b] || a - b);
+        let cum = 0;
+        let last = 0;
+        for (const t of order) {
+          cum += Math.exp(lp[t]);
+          if (cum < typicalP) last++;
+          else break;
+        }
+        const keepTo = shifted[order[Math.min(last, order.length - 1)]];
+        sizes.push(shifted.filter((v) => v <= keepTo).length);
+        expect(shifted[tok]).toBeLessThanOrEqual(keepTo + 1e-4);
+      });
+    }
+    expect(Math.max(...sizes)).toBeGreaterThan(1);
+    expect(Math.max(...sizes)).toBeLessThan(V / 2);
+  });
+
   test('repetitionPenalty changes the greedy output of a model that repeats', async () => {
     const plain = (await tiny.generate('Repeat', greedy({ maxNewTokens: 20 }))).sequences[0].tokens;
     const penalized = (await tiny.generate('Repeat', greedy({ maxNewTokens: 20, repetitionPenalty: 2 }))).sequences[0].tokens;
@@ -594,6 +654,10 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     ['maxLength above n_positions', { maxLength: 129 }, 'maxLength'],
     ['topP above 1', { topP: 1.5 }, 'topP'],
     ['topP 0', { topP: 0 }, 'topP'],
+    ['minP above 1', { minP: 1.5 }, 'minP'],
+    ['minP negative', { minP: -0.1 }, 'minP'],
+    ['typicalP 0', { typicalP: 0 }, 'typicalP'],
+    ['typicalP NaN', { typicalP: NaN }, 'typicalP'],
     ['negative topK', { topK: -1 }, 'topK'],
     ['repetitionPenalty 0', { repetitionPenalty: 0 }, 'repetitionPenalty'],
     ['NaN repetitionPenalty', { repetitionPenalty: NaN }, 'repetitionPenalty'],

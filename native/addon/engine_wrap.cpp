@@ -6,6 +6,9 @@ namespace llmcore::addon {
 
 namespace {
 
+// step(): doSample, temperature, topK, topP, repetitionPenalty, minP, typicalP (lib/native.ts)
+constexpr size_t kParamsPerItem = 7;
+
 Napi::FunctionReference* g_constructor = nullptr;  // one per process; N-API modules load once
 
 int64_t get_int(const Napi::Object& o, const char* key, int64_t fallback) {
@@ -201,7 +204,7 @@ Napi::Value EngineWrap::kv_blocks_in_use(const Napi::CallbackInfo& info) {
 }
 
 // step({seqs: Int32Array, counts: Int32Array, tokens: Int32Array, logits: Uint8Array,
-//       sample: Uint8Array, params: Float32Array(5 per item), banned: Int32Array,
+//       sample: Uint8Array, params: Float32Array(kParamsPerItem per item), banned: Int32Array,
 //       bannedCounts: Int32Array(1 per item)}) -> Promise<{sampled, logits, logsumexp}>
 Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -218,7 +221,7 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   auto banned_counts = typed<int32_t>(req, "bannedCounts");
   const size_t n = seqs.ElementLength();
   if (counts.ElementLength() != n || logits.ElementLength() != n || sample.ElementLength() != n ||
-      params.ElementLength() != 5 * n || banned_counts.ElementLength() != n)
+      params.ElementLength() != kParamsPerItem * n || banned_counts.ElementLength() != n)
     throw_js(env, E_OPTION, "[native] step: seqs, counts, logits, sample, params, bannedCounts lengths disagree");
   size_t banned_offset = 0;
   std::vector<StepItem> items(n);
@@ -234,8 +237,12 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
     if (logits[i] > 2) throw_js(env, E_OPTION, "[native] step: logits mode must be 0, 1 or 2");
     it.logits = LogitsMode(logits[i]);
     it.sample = sample[i] != 0;
-    const float* p = params.Data() + 5 * i;
-    it.params = SamplingParams{p[0] != 0.f, p[1], int32_t(p[2]), p[3], p[4], {}};
+    const float* p = params.Data() + kParamsPerItem * i;
+    if (!(p[1] > 0.f) || !(p[2] >= 0.f) || !(p[3] > 0.f && p[3] <= 1.f) || !(p[4] > 0.f) ||
+        !(p[5] >= 0.f && p[5] <= 1.f) || !(p[6] > 0.f && p[6] <= 1.f))
+      throw_js(env, E_OPTION, "[native] step: sampling parameters out of range (temperature, topK, topP, "
+                              "repetitionPenalty, minP, typicalP)");
+    it.params = SamplingParams{p[0] != 0.f, p[1], int32_t(p[2]), p[3], p[4], p[5], p[6], {}};
     const int32_t nb = banned_counts[i];
     if (nb < 0 || banned_offset + size_t(nb) > banned.ElementLength())
       throw_js(env, E_OPTION, "[native] step: bannedCounts exceed the banned array");

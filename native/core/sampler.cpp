@@ -93,6 +93,51 @@ int32_t Sampler::pick(float* logits, int64_t V, const SamplingParams& p,
     cand_.resize(n_keep);
   }
 
+  if (p.min_p > 0.0f) {
+    // HF MinPLogitsWarper: keep the tokens whose probability is >= min_p x the largest one's,
+    // i.e. whose scaled logit is >= the largest + log(min_p) (the largest always stays)
+    const double floor = double(max_logit) + std::log(double(p.min_p));
+    cand_.erase(std::remove_if(cand_.begin(), cand_.end(),
+                               [floor](const std::pair<float, int32_t>& c) { return double(c.first) < floor; }),
+                cand_.end());
+  }
+
+  if (p.typical_p < 1.0f && cand_.size() > 1) {
+    // HF TypicalLogitsWarper over the tokens still in: rank them by |-log p - H| (H the entropy),
+    // and keep every token ranked no worse than the one at which the cumulative probability in
+    // that order first reaches typical_p.
+    double z = 0;
+    for (const auto& c : cand_) z += std::exp(double(c.first) - max_logit);
+    const double log_z = std::log(z);
+    double entropy = 0;
+    typical_.clear();
+    for (const auto& c : cand_) {
+      const double lp = double(c.first) - max_logit - log_z;
+      entropy -= std::exp(lp) * lp;
+      typical_.push_back({lp, 0.0});
+    }
+    for (auto& t : typical_) t.second = std::fabs(-t.first - entropy);
+    order_.resize(cand_.size());
+    for (size_t i = 0; i < order_.size(); i++) order_[i] = i;
+    std::sort(order_.begin(), order_.end(), [&](size_t a, size_t b) {
+      return typical_[a].second < typical_[b].second ||
+             (typical_[a].second == typical_[b].second && cand_[a].second < cand_[b].second);
+    });
+    double cum = 0;
+    size_t last = 0;  // how many tokens, in that order, sum to < typical_p
+    for (size_t i : order_) {
+      cum += std::exp(typical_[i].first);
+      if (cum < double(p.typical_p)) last++;
+      else break;
+    }
+    last = std::min(last, order_.size() - 1);
+    const double keep_to = typical_[order_[last]].second;
+    size_t w = 0;
+    for (size_t i = 0; i < cand_.size(); i++)
+      if (typical_[i].second <= keep_to) cand_[w++] = cand_[i];
+    cand_.resize(w);
+  }
+
   double sum = 0;
   for (const auto& c : cand_) sum += std::exp(double(c.first) - max_logit);
   double u = rng.uniform() * sum;

@@ -1,7 +1,8 @@
 // Next-token choice with Hugging Face semantics: repetition penalty (also when greedy), then
-// for sampling temperature -> top-k -> top-p, softmax, one multinomial draw. The generator is
+// for sampling temperature -> top-k -> top-p -> min-p -> typical, softmax, one multinomial draw. The generator is
 // per sequence and seeded, so the same seed gives the same tokens.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -14,6 +15,8 @@ struct SamplingParams {
   int32_t top_k = 0;          // 0: off
   float top_p = 1.0f;         // in (0, 1]; 1: off
   float repetition_penalty = 1.0f;  // > 0; 1: off
+  float min_p = 0.0f;         // in [0, 1]; 0: off
+  float typical_p = 1.0f;     // in (0, 1]; 1: off
   // Tokens that may not be picked this step (eos before minNewTokens, noRepeatNgramSize and
   // badWordsIds bans); ids outside the vocabulary are ignored.
   std::vector<int32_t> banned;
@@ -40,6 +43,8 @@ class Sampler {
 
  private:
   std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<std::pair<double, double>> typical_;  // per candidate: log p, |-log p - entropy|
+  std::vector<size_t> order_;
   std::vector<uint8_t> seen_;
 };
 
