@@ -156,6 +156,12 @@ describe('sampling', () => {
     expect(again.sequences).toEqual(r.sequences);
   });
 
+  test('a topK beyond the vocabulary (even beyond int32) is no top-k at all', async () => {
+    const o = { doSample: true, maxNewTokens: 6, seed: 21, numReturnSequences: 2 };
+    const off = await tiny.generate('Top k off', { ...o, topK: 0 });
+    for (const topK of [V, 1e12]) expect((await tiny.generate('Top k off', { ...o, topK })).sequences).toEqual(off.sequences);
+  });
+
   test('topK 3 never picks outside the 3 highest logits (temperature does not change the set)', async () => {
     const prompt = tiny.tokenizer.encode('Top k');
     const r = await tiny.generate(prompt, { doSample: true, topK: 3, temperature: 5, repetitionPenalty: 1, maxNewTokens: 20, numReturnSequences: 3, seed: 99 });

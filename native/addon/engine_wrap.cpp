@@ -1,5 +1,7 @@
 #include "addon/engine_wrap.h"
 
+#include <algorithm>
+
 #include "addon/js_errors.h"
 
 namespace llmcore::addon {
@@ -242,7 +244,9 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
         !(p[5] >= 0.f && p[5] <= 1.f) || !(p[6] > 0.f && p[6] <= 1.f))
       throw_js(env, E_OPTION, "[native] step: sampling parameters out of range (temperature, topK, topP, "
                               "repetitionPenalty, minP, typicalP)");
-    it.params = SamplingParams{p[0] != 0.f, p[1], int32_t(p[2]), p[3], p[4], p[5], p[6], {}};
+    // topK beyond the vocabulary is off; clamped so the conversion to int32 stays defined
+    const int32_t top_k = int32_t(std::min(p[2], 2.0e9f));
+    it.params = SamplingParams{p[0] != 0.f, p[1], top_k, p[3], p[4], p[5], p[6], {}};
     const int32_t nb = banned_counts[i];
     if (nb < 0 || banned_offset + size_t(nb) > banned.ElementLength())
       throw_js(env, E_OPTION, "[native] step: bannedCounts exceed the banned array");
