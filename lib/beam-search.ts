@@ -1,15 +1,16 @@
 // Beam search (numBeams > 1), with the semantics of Hugging Face's GenerationMixin._beam_search
 // (transformers >= 4.51; batch of one prompt): every step scores each running beam's next token by
 // log_softmax + logits processors + the beam's running sum, keeps the 2 * numBeams best
-// (beam, token) pairs, finishes those of the first numBeams that end (eos or the length limit) with
-// score sum / newTokens ** lengthPenalty, and continues with the numBeams best that do not end.
+// (beam, token) pairs, finishes those of the first numBeams that end (eos, a stop string or the
+// length limit) with score sum / newTokens ** lengthPenalty, and continues with the numBeams best
+// that do not end.
 //
 // Each running beam is a native sequence. Between steps the beams are reordered on the KV cache
 // itself: a beam no successor comes from is released, a beam that several come from is forked
 // (the full blocks are shared, only the partial last one is copied), so no prefix is recomputed.
 import type { GeneratedSequence, GenerationContext, GenerationResult } from './generation';
 import { OptionError } from './errors';
-import { bannedTokens, checkTokenIds, minNewTokensFor, prefillPrompt, promptResult } from './generation';
+import { bannedTokens, checkTokenIds, firstStop, minNewTokensFor, prefillPrompt, promptResult } from './generation';
 import { newTokenBudget, type ResolvedOptions } from './options';
 import { LogitsMode, NOT_SAMPLED, type ActiveSequence } from './scheduler';
 
@@ -125,16 +126,7 @@ export async function runBeamSearch(
   const empty = (reason: GeneratedSequence['finishReason']) =>
     promptResult(promptText, promptTokens, Array.from({ length: opts.numReturnSequences },
       () => ({ text: '', tokens: [], finishReason: reason, score: 0 })), start, 0);
-  // A stop string ends a candidate like eos does (HF's StopStringCriteria), matched in the
-  // continuation's text as generate() without beams does; the text ends before it.
-  const stopAt = (text: string) => {
-    let cut = -1;
-    for (const s of opts.stop) {
-      const at = text.indexOf(s);
-      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-    }
-    return cut;
-  };
+
   if (budget === 0) return empty('length');
   if (opts.signal?.aborted) return empty('abort');
   const reservation = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, B), B, opts.signal);
@@ -170,8 +162,10 @@ export async function runBeamSearch(
         const tokens = beams[c.beam].tokens.concat(c.token);
         const score = c.sum / newTokens ** lengthPenalty;
         if (c.token === eos) return { tokens, score, text: decode(tokens), reason: 'eos' };
+        // A stop string ends a candidate as eos does (HF's StopStringCriteria), matched in the
+        // continuation's text as without beams; the text ends before it.
         const text = opts.stop.length > 0 || newTokens >= budget ? decode(tokens) : '';
-        const cut = opts.stop.length > 0 ? stopAt(text) : -1;
+        const cut = firstStop(text, opts.stop);
         if (cut >= 0) return { tokens, score, text: text.slice(0, cut), reason: 'stop' };
         return newTokens >= budget ? { tokens, score, text, reason: 'length' } : null;
       });

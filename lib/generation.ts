@@ -87,6 +87,16 @@ export function prefill(scheduler: Scheduler, id: number, tokens: number[], logi
   });
 }
 
+/** Where the first match of any stop string starts in text (searching from `from`), or -1. */
+export function firstStop(text: string, stops: readonly string[], from = 0): number {
+  let cut = -1;
+  for (const s of stops) {
+    const at = text.indexOf(s, from);
+    if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+  }
+  return cut;
+}
+
 /** Longest suffix of text that is a proper prefix of a stop string: text that may not show yet. */
 function heldBack(text: string, stops: string[]): number {
   let held = 0;
@@ -188,12 +198,7 @@ class SequenceRun implements ActiveSequence {
     const stops = this.opts.stop;
     if (stops.length > 0 && this.out.text.length > before) {
       const longest = Math.max(...stops.map((s) => s.length));
-      const from = Math.max(0, before - longest + 1);
-      let cut = -1;
-      for (const s of stops) {
-        const at = this.out.text.indexOf(s, from);
-        if (at >= 0 && (cut < 0 || at < cut)) cut = at;
-      }
+      const cut = firstStop(this.out.text, stops, Math.max(0, before - longest + 1));
       if (cut >= 0) {
         this.out.text = this.out.text.slice(0, cut);
         return this.finish('stop');
