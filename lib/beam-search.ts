@@ -42,7 +42,10 @@ interface Row {
   logZ: number;
 }
 
-/** Feeds one token to a sequence and resolves to the logits of that position (a copy). */
+/**
+ * Feeds one token to a sequence and resolves to the logits of that position: a view of the step's
+ * result, which the addon allocates anew every step (nothing writes it afterwards).
+ */
 function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<Row> {
   return new Promise<Row>((resolve, reject) => {
     const seq: ActiveSequence = {
@@ -54,7 +57,7 @@ function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<
       banned: [],
       cancelled: false,
       onStep: (_sampled, rows, drained, logsumexp) => {
-        if (drained && rows && logsumexp) resolve({ logits: rows.slice(), logZ: logsumexp[0] });
+        if (drained && rows && logsumexp) resolve({ logits: rows, logZ: logsumexp[0] });
       },
       onError: reject,
     };
