@@ -86,6 +86,14 @@ class Backend {
   virtual void download(float* dst_host, const float* src, size_t n_floats) = 0;
   virtual void copy(float* dst, const float* src, size_t n_floats) = 0;
   virtual void zero(float* dst, size_t n_floats) = 0;
+  // KV cache chunks: large, long-lived, zero-filled (attention reads a block's unwritten slots)
+  // and read in full every decode step. release_cache takes the same n_floats.
+  virtual float* alloc_cache(size_t n_floats) {
+    float* p = alloc(n_floats);
+    zero(p, n_floats);
+    return p;
+  }
+  virtual void release_cache(float* p, size_t /*n_floats*/) { release(p); }
   // True when alloc() returns memory the host reads directly (the CPU backend): the engine then
   // samples from the logits where they were computed instead of downloading a copy.
   virtual bool host_addressable() const { return false; }

@@ -20,16 +20,15 @@ KvCache::KvCache(Backend& backend, int n_layer, int64_t C, int NH, DType dtype)
       block_floats_(size_t(n_layer) * 2 * kBlockTokens * size_t(C) * dtype_size(dtype) / sizeof(float)) {}
 
 KvCache::~KvCache() {
-  for (float* c : chunks_) backend_.release(c);
+  for (float* c : chunks_) backend_.release_cache(c, block_floats_ * kBlocksPerChunk);
 }
 
 int32_t KvCache::allocate() {
   if (free_.empty()) {
-    float* chunk = backend_.alloc(block_floats_ * kBlocksPerChunk);
+    // Zero-filled: attention kernels read whole slot groups of a sequence's last block, past
+    // its end (and discard those lanes), so those slots are never indeterminate memory.
+    float* chunk = backend_.alloc_cache(block_floats_ * kBlocksPerChunk);
     chunks_.push_back(chunk);
-    // Attention kernels read whole slot groups of a sequence's last block, past its end (and
-    // discard those lanes): zeroed, those slots are never indeterminate memory.
-    backend_.zero(chunk, block_floats_ * kBlocksPerChunk);
     // Hand out low ids first: push in reverse so pop_back yields ascending ids.
     const size_t first = ptrs_.size();
     for (int i = 0; i < kBlocksPerChunk; i++) {

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "core/errors.h"
 
 namespace llmcore {
@@ -36,6 +40,40 @@ static bool higher(const std::pair<float, int32_t>& a, const std::pair<float, in
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
 
+// The first index of the largest logit. Two passes, because one with a running index is a
+// dependent compare chain (~3 cycles a logit, 0.8 ms of a batch-32 greedy step): the max in 8
+// independent lanes (vectorized), then the first position holding it. A NaN anywhere, or a
+// largest value of +-inf, is an error: the model output is broken.
+static int32_t argmax(const float* x, int64_t n) {
+  int64_t i = 0;
+  float m = -INFINITY;
+  bool nan = false;
+#if defined(__SSE2__)
+  // maxps(v, m) is v > m ? v : m, lane by lane (m where v is NaN: NaNs are flagged apart).
+  __m128 m0 = _mm_set1_ps(-INFINITY), m1 = m0, unordered = _mm_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
+    unordered = _mm_or_ps(unordered, _mm_cmpunord_ps(a, b));
+    m0 = _mm_max_ps(a, m0);
+    m1 = _mm_max_ps(b, m1);
+  }
+  nan = _mm_movemask_ps(unordered) != 0;
+  alignas(16) float lanes[8];
+  _mm_store_ps(lanes, m0);
+  _mm_store_ps(lanes + 4, m1);
+  for (float v : lanes) m = v > m ? v : m;
+#endif
+  for (; i < n; i++) {
+    nan |= x[i] != x[i];
+    m = x[i] > m ? x[i] : m;
+  }
+  if (nan || !std::isfinite(m))
+    throw Error(E_INTERNAL, "[sampler] logits are not finite (NaN or inf in the model output)");
+  i = 0;
+  while (x[i] != m) i++;
+  return int32_t(i);
+}
+
 int32_t Sampler::pick(float* logits, int64_t V, const SamplingParams& p,
                       const std::vector<int32_t>& history, Rng& rng) {
   if (p.repetition_penalty != 1.0f) {  // HF RepetitionPenaltyLogitsProcessor, once per token id
@@ -50,11 +88,7 @@ int32_t Sampler::pick(float* logits, int64_t V, const SamplingParams& p,
   // HF MinNewTokens / NoRepeatNGram / NoBadWords logits processors: banned tokens get -inf.
   for (int32_t t : p.banned)
     if (t >= 0 && t < V) logits[t] = -INFINITY;
-  int32_t best = 0;
-  for (int64_t i = 1; i < V; i++)
-    if (logits[i] > logits[best]) best = int32_t(i);
-  if (!std::isfinite(logits[best]))
-    throw Error(E_INTERNAL, "[sampler] logits are not finite (NaN or inf in the model output)");
+  const int32_t best = argmax(logits, V);
   if (!p.do_sample) return best;
 
   const float inv_t = 1.0f / p.temperature;

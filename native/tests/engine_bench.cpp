@@ -4,7 +4,10 @@
 // op by op of the flat forward (timed between the model's op-hook calls). Needs no Node, so a
 // backend can be profiled on a machine without it.
 //   engine_bench DIR [--batch=32] [--prompt=16] [--steps=32] [--dtype=auto|f32|f16|bf16]
-//                    [--threads=N] [--device=cpu]
+//                    [--threads=N] [--device=cpu] [--rounds=N]
+// --rounds=N runs it all N times, releasing the sequences in between: from the second round on
+// the KV cache reuses its blocks, as a server's does, instead of growing; the op table is the
+// last round's.
 // The op times are wall time on the calling thread: right for backends whose ops return when
 // done (the CPU); an asynchronous backend must synchronize in its ops while profiled.
 #include <algorithm>
@@ -90,11 +93,11 @@ int main(int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') {
     std::fprintf(stderr, "usage: engine_bench DIR [--batch=32] [--prompt=16] [--steps=32] "
                          "[--dtype=auto|f32|f16|bf16] [--kv-dtype=f32|f16] [--threads=N] "
-                         "[--device=cpu]\n");
+                         "[--device=cpu] [--rounds=N]\n");
     return 2;
   }
   const std::string dir = argv[1];
-  int batch = 32, prompt = 16, steps = 32, threads = 0;
+  int batch = 32, prompt = 16, steps = 32, threads = 0, rounds = 1;
   std::string dtype = "auto", device = "cpu", kv_dtype = "f32";
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
@@ -106,6 +109,7 @@ int main(int argc, char** argv) {
     else if (const char* v = val("--prompt=")) prompt = std::atoi(v);
     else if (const char* v = val("--steps=")) steps = std::atoi(v);
     else if (const char* v = val("--threads=")) threads = std::atoi(v);
+    else if (const char* v = val("--rounds=")) rounds = std::atoi(v);
     else if (const char* v = val("--dtype=")) dtype = v;
     else if (const char* v = val("--kv-dtype=")) kv_dtype = v;
     else if (const char* v = val("--device=")) device = v;
@@ -123,8 +127,8 @@ int main(int argc, char** argv) {
     opt.dtype = dtype;
     opt.kv_dtype = kv_dtype;
     const Gpt2Config& c = opt.config;
-    if (batch < 1 || prompt < 1 || steps < 1 || prompt + steps + 1 > c.n_positions) {
-      std::fprintf(stderr, "engine_bench: need batch, prompt, steps >= 1 and prompt + steps < n_positions\n");
+    if (batch < 1 || prompt < 1 || steps < 1 || rounds < 1 || prompt + steps + 1 > c.n_positions) {
+      std::fprintf(stderr, "engine_bench: need batch, prompt, steps, rounds >= 1 and prompt + steps < n_positions\n");
       return 2;
     }
     const double t_load = now_s();
@@ -149,6 +153,8 @@ int main(int argc, char** argv) {
       return r;
     };
 
+    for (int round = 0; round < rounds; ++round) {
+    prof.reset();
     std::vector<StepItem> items(static_cast<size_t>(batch));
     for (int b = 0; b < batch; ++b) {
       items[size_t(b)].seq = engine->new_sequence(uint64_t(b));
@@ -176,9 +182,11 @@ int main(int argc, char** argv) {
       for (double v : step_s) x += v;
       return x;
     }();
+    if (rounds > 1) std::printf("round %d: ", round + 1);
     std::printf("prefill: %d x %d tokens in %.1f ms (%.0f tok/s)\n", batch, prompt, prefill_s * 1e3,
                 batch * prompt / prefill_s);
     // max: a step that grew the KV cache by a chunk (every 16 steps at batch 32) stands out.
+    if (rounds > 1) std::printf("round %d: ", round + 1);
     std::printf("decode: batch %d, %d steps: median %.2f ms/step (min %.2f, max %.2f), %.1f tok/s\n\n", batch,
                 steps, sorted[sorted.size() / 2] * 1e3, sorted[0] * 1e3, sorted.back() * 1e3,
                 batch / sorted[sorted.size() / 2]);
@@ -192,9 +200,12 @@ int main(int argc, char** argv) {
       }
       std::printf("\n");
     };
-    table("prefill op", prefill_order, prefill_ops, prefill_s, 1);
-    table("decode op (all layers)", prof.order, prof.secs, total, steps);
+    if (round == rounds - 1) {
+      table("prefill op", prefill_order, prefill_ops, prefill_s, 1);
+      table("decode op (all layers)", prof.order, prof.secs, total, steps);
+    }
     for (int b = 0; b < batch; ++b) engine->release_sequence(items[size_t(b)].seq);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "engine_bench: %s\n", e.what());
     return 1;

@@ -46,6 +46,14 @@ void CpuBackend::zero(float* dst, size_t n) {
   });
 }
 
+float* CpuBackend::alloc_cache(size_t n_floats) {
+  void* p = map_zeroed_huge(n_floats * sizeof(float));
+  if (!p) throw Error(E_OOM, "[cpu] cannot allocate " + std::to_string(n_floats * sizeof(float)) +
+                                 " bytes for the KV cache");
+  return static_cast<float*>(p);
+}
+void CpuBackend::release_cache(float* p, size_t n_floats) { unmap_zeroed_huge(p, n_floats * sizeof(float)); }
+
 std::unique_ptr<Weight> CpuBackend::prepare_weight(const WeightView& w, DType compute) {
   return pack_weight(w, compute, isa_, pool_, weights_);
 }

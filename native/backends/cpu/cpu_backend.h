@@ -26,6 +26,8 @@ class CpuBackend final : public Backend {
   void download(float* dst_host, const float* src, size_t n_floats) override;
   void copy(float* dst, const float* src, size_t n_floats) override;
   void zero(float* dst, size_t n_floats) override;
+  float* alloc_cache(size_t n_floats) override;
+  void release_cache(float* p, size_t n_floats) override;
   bool host_addressable() const override { return true; }
 
   std::unique_ptr<Weight> prepare_weight(const WeightView& w, DType compute) override;

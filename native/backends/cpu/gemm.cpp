@@ -1,8 +1,9 @@
 // Weight packing, the GEMM driver (blocking + threading + ISA dispatch), the scalar fallback
 // kernel and the scalar gelu_new. Built with the baseline x86-64 flags.
 //
-// Threading: the output is cut into tasks of (row block x panel block); tasks go to the pool's
-// dynamic counter. K is never split across tasks. Inside a task the ISA kernel may walk K in
+// Threading: the output is cut into tasks of (row block x panel block); tasks go to the threads
+// through a dynamic counter (for tall tiles each thread claims its next task one panel early, to
+// prefetch it). K is never split across tasks. Inside a task the ISA kernel may walk K in
 // blocks, parking the fp32 accumulators in per-thread scratch between blocks, which keeps each
 // output element one sequential FMA chain (bitwise batch invariance, see gemm.h).
 #include "backends/cpu/gemm.h"
@@ -313,28 +314,61 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   } ctx{&c, W.isa, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np, scratch_bytes};
   std::atomic<bool> oom{false};
 
-  auto task = [](const Ctx& t, int64_t i) {
+  auto block_of = [](const Ctx& t, int64_t i, int64_t& m0, int64_t& m1, int64_t& p0, int64_t& p1) {
     const int64_t rb = i % t.nrb, pb = i / t.nrb;
-    const int64_t m0 = rb * t.rb_base + (rb < t.rb_extra ? rb : t.rb_extra);
-    const int64_t m1 = m0 + t.rb_base + (rb < t.rb_extra ? 1 : 0);
-    const int64_t p0 = pb < t.head_tasks ? pb * t.ppt : t.head_panels + (pb - t.head_tasks) * t.tail_ppt;
-    const int64_t p1 = pb < t.head_tasks ? std::min(p0 + t.ppt, t.head_panels) : std::min(p0 + t.tail_ppt, t.np);
+    m0 = rb * t.rb_base + (rb < t.rb_extra ? rb : t.rb_extra);
+    m1 = m0 + t.rb_base + (rb < t.rb_extra ? 1 : 0);
+    p0 = pb < t.head_tasks ? pb * t.ppt : t.head_panels + (pb - t.head_tasks) * t.tail_ppt;
+    p1 = pb < t.head_tasks ? std::min(p0 + t.ppt, t.head_panels) : std::min(p0 + t.tail_ppt, t.np);
+  };
+  auto run_block = [](const Ctx& t, int64_t m0, int64_t m1, int64_t p0, int64_t p1, const uint8_t* next_w) {
     float* scratch = nullptr;
     if (t.scratch_bytes) {
       scratch = static_cast<float*>(t_scratch.get(t.scratch_bytes));
       if (!scratch) return false;
     }
     switch (t.isa) {
-      case Isa::Avx512: kern::avx512_gemm_block(*t.c, m0, m1, p0, p1, scratch); break;
-      case Isa::Avx2: kern::avx2_gemm_block(*t.c, m0, m1, p0, p1, scratch); break;
+      case Isa::Avx512: kern::avx512_gemm_block(*t.c, m0, m1, p0, p1, scratch, next_w); break;
+      case Isa::Avx2: kern::avx2_gemm_block(*t.c, m0, m1, p0, p1, scratch, next_w); break;
       default: scalar_gemm_block(*t.c, m0, m1, p0, p1); break;
     }
     return true;
   };
   const int64_t ntasks = nrb * npb;
-  pool.parallel_for(ntasks, [&](int64_t i, int) {
-    if (!task(ctx, i)) oom.store(true, std::memory_order_relaxed);
-  });
+  if (M <= 3 || W.isa == Isa::Scalar || threads == 1) {
+    pool.parallel_for(ntasks, [&](int64_t i, int) {
+      int64_t m0, m1, p0, p1;
+      block_of(ctx, i, m0, m1, p0, p1);
+      if (!run_block(ctx, m0, m1, p0, p1, nullptr)) oom.store(true, std::memory_order_relaxed);
+    });
+  } else {
+    // Tall tiles prefetch the panel after theirs into L2 (gemm_avx2.cpp); the one after a
+    // block's last panel is the first of the next block this thread takes. So each thread
+    // claims its next block when its current one is down to its last panel (not earlier, which
+    // would hold back work from a thread that runs out), and that panel's tiles prefetch the
+    // claimed block's first panel. Otherwise every block would begin on a panel from DRAM.
+    std::atomic<int64_t> next{0};
+    const int64_t pbytes = W.panel_bytes;
+    pool.parallel_for(threads, [&](int64_t, int) {
+      const uint8_t* w = c.w;
+      int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      while (i < ntasks) {
+        int64_t m0, m1, p0, p1;
+        block_of(ctx, i, m0, m1, p0, p1);
+        bool ok = p1 - p0 <= 1 || run_block(ctx, m0, m1, p0, p1 - 1, w + (p1 - 1) * pbytes);
+        const int64_t j = next.fetch_add(1, std::memory_order_relaxed);
+        const uint8_t* next_w = nullptr;
+        if (j < ntasks) {
+          int64_t n0, n1, q0, q1;
+          block_of(ctx, j, n0, n1, q0, q1);
+          next_w = w + q0 * pbytes;
+        }
+        ok = ok && run_block(ctx, m0, m1, p1 - 1, p1, next_w);
+        if (!ok) oom.store(true, std::memory_order_relaxed);
+        i = j;
+      }
+    });
+  }
   if (oom.load(std::memory_order_relaxed)) throw Error(E_OOM, "[cpu] gemm: cannot allocate scratch");
 }
 

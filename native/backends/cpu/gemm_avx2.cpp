@@ -107,6 +107,7 @@ inline void store_out(__m256 v, float* yp, const float* bp, int ep, int nv) {
 
 template <int FMT>
 constexpr int row_bytes() { return FMT == kF32 ? NR * 4 : NR * 2; }
+inline int64_t row_bytes_of(int fmt) { return fmt == kF32 ? NR * 4 : NR * 2; }
 
 template <int FMT>
 inline void load_w(const uint8_t* p, __m256& b0, __m256& b1) {
@@ -125,13 +126,14 @@ inline void load_w(const uint8_t* p, __m256& b0, __m256& b1) {
 
 constexpr int kModeFirst = 1;  // start from zero (else reload the parked accumulators)
 constexpr int kModeLast = 2;   // bias + epilogue into y (else park the accumulators)
-constexpr int kModeNoPrefetch = 4;  // the block's last panels: the next one is another task's
 
 // R rows starting at m, G panels starting at p, k in [k0, k0 + kl).
 // sc: this tile's parked accumulators, row r of panel g at sc + g * sc_pstride + r * NR.
+// pf: the W rows this tile's panel is followed by (the next panel, or the next block's first),
+// pulled into L2 while this one is in use (R >= 4 only); nullptr: none.
 template <int R, int G, int FMT>
 void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p, int64_t k0,
-          int64_t kl, int mode, float* sc, int64_t sc_pstride) {
+          int64_t kl, int mode, float* sc, int64_t sc_pstride, const uint8_t* pf) {
   constexpr int RB = row_bytes<FMT>();
   // The loops over r and j below must unroll completely (see the pragmas) for acc[][] to live
   // in registers.
@@ -140,8 +142,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
   // hardware prefetcher (software prefetch 256 B - 1 KiB ahead measured no better on Zen 3).
   // Taller tiles reuse each panel over several tiles and prefetch the next panel into L2.
   constexpr bool kPrefetchNext = R >= 4;
-  // (not past the block: that panel is likely another thread's, whose L2 this does not fill)
-  const bool prefetch_next = kPrefetchNext && !(mode & kModeNoPrefetch);
+  const bool prefetch_next = kPrefetchNext && pf != nullptr;
   __m256 acc[R][2 * G];
   if (mode & kModeFirst) {
 #pragma GCC unroll 8
@@ -167,8 +168,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
     if (prefetch_next) {
       // Pull the next panel's rows into L2 while this one is in use: the next panel's first
       // tile then does not wait on L3 (one stream is too little for the hardware prefetcher).
-      if (RB == 64 || (k & 1) == 0)
-        _mm_prefetch(reinterpret_cast<const char*>(wp + pb + k * RB), _MM_HINT_T1);
+      if (RB == 64 || (k & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(pf + k * RB), _MM_HINT_T1);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
@@ -202,7 +202,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
 }
 
 using TileFn = void (*)(const GemmCall&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int, float*, int64_t);
+                       int, float*, int64_t, const uint8_t*);
 
 // Which (R, G) pairs exist: R = 1..6 with G = 1; R = 1 up to G = 4, R = 2 up to 3, R = 3 up to 2.
 constexpr int kMaxG = 4;
@@ -224,7 +224,7 @@ const Table<kBF16> kTabBF16;
 }  // namespace
 
 void avx2_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
-                     float* scratch) {
+                     float* scratch, const uint8_t* next_w) {
   const int64_t rows = m1 - m0, np = p1 - p0;
   if (rows <= 0 || np <= 0) return;
   const TileFn(*fn)[kMaxG + 1] =
@@ -246,12 +246,16 @@ void avx2_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int6
     const int64_t lda = c.ldx;
     for (int64_t q = 0; q < np; q += G) {
       const int g = int(np - q < G ? np - q : G);
-      const int tmode = mode | (q + G >= np ? kModeNoPrefetch : 0);
+      // What follows this panel: the next one, else the first one's next K block, else the
+      // caller's next_w (the next block this thread will run).
+      const uint8_t* pf = q + G < np ? c.w + (p0 + q + G) * c.panel_bytes + k0 * row_bytes_of(c.fmt)
+                          : kb + 1 < nkb ? c.w + p0 * c.panel_bytes + (k0 + kc) * row_bytes_of(c.fmt)
+                                         : next_w;
       int64_t r = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const int R = int(base + (t < extra ? 1 : 0));
-        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, tmode,
-                 scratch + q * sc_pstride + r * NR, sc_pstride);
+        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, mode,
+                 scratch + q * sc_pstride + r * NR, sc_pstride, pf);
         r += R;
       }
     }

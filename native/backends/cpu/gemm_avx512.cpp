@@ -117,11 +117,11 @@ inline void load_w(const uint8_t* p, __m512& b0, __m512& b1) {
 
 constexpr int kModeFirst = 1;
 constexpr int kModeLast = 2;
-constexpr int kModeNoPrefetch = 4;  // the block's last panels: the next one is another task's
 
+// pf: the W rows that follow this tile's panel, as in gemm_avx2.cpp (nullptr: none).
 template <int R, int G, int FMT>
 void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p, int64_t k0,
-          int64_t kl, int mode, float* sc, int64_t sc_pstride) {
+          int64_t kl, int mode, float* sc, int64_t sc_pstride, const uint8_t* pf) {
   constexpr int RB = row_bytes<FMT>();
   // The loops over r and j below must unroll completely (see the pragmas) for acc[][] to live
   // in registers.
@@ -130,8 +130,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
   // As in gemm_avx2.cpp: skinny tiles leave W streaming to the hardware prefetcher, taller ones
   // prefetch the next panel into L2 while this one is in use.
   constexpr bool kPrefetchNext = R >= 4;
-  // (not past the block: that panel is likely another thread's, whose L2 this does not fill)
-  const bool prefetch_next = kPrefetchNext && !(mode & kModeNoPrefetch);
+  const bool prefetch_next = kPrefetchNext && pf != nullptr;
   __m512 acc[R][2 * G];
   if (mode & kModeFirst) {
 #pragma GCC unroll 16
@@ -159,8 +158,8 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
       load_w<FMT>(wp + g * pb + k * RB, b[2 * g], b[2 * g + 1]);
     }
     if (prefetch_next) {
-      _mm_prefetch(reinterpret_cast<const char*>(wp + pb + k * RB), _MM_HINT_T1);
-      if (RB == 128) _mm_prefetch(reinterpret_cast<const char*>(wp + pb + k * RB + 64), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(pf + k * RB), _MM_HINT_T1);
+      if (RB == 128) _mm_prefetch(reinterpret_cast<const char*>(pf + k * RB + 64), _MM_HINT_T1);
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -202,7 +201,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
 }
 
 using TileFn = void (*)(const GemmCall&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int, float*, int64_t);
+                       int, float*, int64_t, const uint8_t*);
 
 constexpr int kMaxR = 8;
 constexpr int kMaxG = 4;
@@ -226,7 +225,7 @@ const Table<kBF16Pairs> kTabBF16Pairs;
 }  // namespace
 
 void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
-                       float* scratch) {
+                       float* scratch, const uint8_t* next_w) {
   const int64_t rows = m1 - m0, np = p1 - p0;
   if (rows <= 0 || np <= 0) return;
   const TileFn(*fn)[kMaxG + 1] = c.fmt == kF32    ? kTabF32.fn
@@ -246,14 +245,19 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
     const int mode = (kb == 0 ? kModeFirst : 0) | (kb == nkb - 1 ? kModeLast : 0);
     const float* xa = c.x + m0 * c.ldx + k0;
     const int64_t lda = c.ldx;
+    // Byte offset of k0 in a panel (k0 is even for kBF16Pairs, see tile).
+    const int64_t koff = c.fmt == kBF16Pairs ? (k0 / 2) * NR * 4 : k0 * NR * (c.fmt == kF32 ? 4 : 2);
+    const int64_t knext = c.fmt == kBF16Pairs ? ((k0 + kc) / 2) * NR * 4 : (k0 + kc) * NR * (c.fmt == kF32 ? 4 : 2);
     for (int64_t q = 0; q < np; q += G) {
       const int g = int(np - q < G ? np - q : G);
-      const int tmode = mode | (q + G >= np ? kModeNoPrefetch : 0);
+      const uint8_t* pf = q + G < np ? c.w + (p0 + q + G) * c.panel_bytes + koff
+                          : kb + 1 < nkb ? c.w + p0 * c.panel_bytes + knext
+                                         : next_w;
       int64_t r = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const int R = int(base + (t < extra ? 1 : 0));
-        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, tmode,
-                 scratch + q * sc_pstride + r * NR, sc_pstride);
+        fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, mode,
+                 scratch + q * sc_pstride + r * NR, sc_pstride, pf);
         r += R;
       }
     }

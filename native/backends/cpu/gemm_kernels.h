@@ -46,10 +46,12 @@ struct GemmCall {
 
 // Computes rows [m0, m1) x panels [p0, p1) of y, all of K. scratch (64-byte aligned) holds
 // (m1 - m0) * (p1 - p0) * NR floats for the parked accumulators when kc < K (unused otherwise).
+// next_w: the first panel of the block this thread computes next (or nullptr), which the last
+// panel's tiles pull into L2 as every other panel's tiles pull in the panel after them.
 void avx2_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
-                     float* scratch);
+                     float* scratch, const uint8_t* next_w);
 void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
-                       float* scratch);
+                       float* scratch, const uint8_t* next_w);
 
 // The vectorized gelu_new used by the Gelu epilogues, exposed for tests: out[i] = gelu(in[i]).
 void avx2_gelu(const float* in, float* out, int64_t n);
