@@ -6,10 +6,11 @@
 // ask for do_sample: true and max_length: 50; generate() uses those as defaults (see
 // lib/config.ts), so every greedy test passes doSample: false explicitly.
 import {
-  DisposedError, LlmcoreError, OptionError, type GenerateOptions, type Model, type StreamChunk,
+  DisposedError, LlmcoreError, OptionError, loadModel, type GenerateOptions, type Model, type StreamChunk,
 } from '../lib';
 import {
-  argmax, checkpoint, freshModel, model, penalize, row, sortedDesc, tokenSequence, type CheckpointOptions,
+  argmax, checkpoint, freshModel, model, mutableCopy, penalize, rewriteSafetensors, row, sortedDesc,
+  tokenSequence, type CheckpointOptions,
 } from './helpers/fixtures';
 
 const TINY: CheckpointOptions = { preset: 'tiny' };
@@ -557,6 +558,55 @@ describe('stream()', () => {
 });
 
 // -------------------------------------------------------------------------------------------
+describe('broken weights', () => {
+  // A NaN in the weights must surface as a typed error of the call that meets it, never as a
+  // quietly picked token, and leave the model usable for inputs that do not meet it.
+  async function withNaN(tensor: string, row: number): Promise<Model> {
+    const dir = mutableCopy(await checkpoint(TINY), `nan-${tensor}`);
+    rewriteSafetensors(dir, (st) => {
+      const key = [...st.tensors.keys()].find((k) => k === tensor || k.endsWith(`.${tensor}`))!;
+      const t = st.tensors.get(key)!;
+      const f = new Float32Array(t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.length));
+      f.fill(NaN, row * t.shape[1], (row + 1) * t.shape[1]);
+      t.data = Buffer.from(f.buffer);
+    });
+    return loadModel(dir, { device: 'cpu' });
+  }
+  const rejection = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e);
+
+  test('a NaN position embedding: the call reaching it fails (E_INTERNAL), shorter ones still work', async () => {
+    const m = await withNaN('wpe.weight', 30);
+    try {
+      const short = await m.generate(tokenSequence(5, 1), greedy({ maxNewTokens: 10 }));
+      const err = await rejection(m.generate(tokenSequence(28, 2), greedy({ maxNewTokens: 10 })));
+      expect(err).toBeInstanceOf(LlmcoreError);
+      expect((err as LlmcoreError).code).toBe('E_INTERNAL');
+      expect((err as Error).message).toMatch(/logits are not finite/);
+      const sampled = await rejection(m.generate(tokenSequence(28, 2), { doSample: true, seed: 1, maxNewTokens: 10 }));
+      expect((sampled as LlmcoreError).code).toBe('E_INTERNAL');
+      const again = await m.generate(tokenSequence(5, 1), greedy({ maxNewTokens: 10 }));
+      expect(again.sequences).toEqual(short.sequences);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  test('a NaN in one logit (the tied row of token 7) is an error, not a token skipped over', async () => {
+    const m = await withNaN('wte.weight', 7);
+    try {
+      const err = await rejection(m.generate(tokenSequence(5, 3), greedy({ maxNewTokens: 2 })));
+      expect((err as LlmcoreError).code).toBe('E_INTERNAL');
+      expect((err as Error).message).toMatch(/not finite/);
+      // the logits themselves come back as they are: NaN at 7 only
+      const logits = await m.logits(tokenSequence(5, 3));
+      expect(Number.isNaN(logits[7])).toBe(true);
+      expect(Number.isFinite(logits[8])).toBe(true);
+    } finally {
+      m.dispose();
+    }
+  });
+});
+
 describe('dispose', () => {
   test('later calls reject with DisposedError (E_DISPOSED); dispose twice is fine', async () => {
     const m = await freshModel(TINY);
