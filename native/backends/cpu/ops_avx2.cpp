@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "backends/cpu/ops_kernels.h"
 #include "backends/cpu/simd_math_avx2.h"
@@ -347,13 +348,44 @@ static inline uint16_t to_f16(float x) {
   return uint16_t(_mm_extract_epi16(_mm_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT), 0));
 }
 
+// K into its transposed slots: 8 positions x 8 dims at a time through an 8 x 8 transpose (a
+// prefill writes whole blocks: 16 slots of a dim are one cache line, in two stores instead of
+// 16 scalar ones), the positions left over one by one. The values are copied (fp32) or
+// rounded (f16) exactly as the scalar loop would.
+static void store_k_transposed(const float* k_src, int64_t src_stride, int64_t n, int64_t HS,
+                               void* k_head, int64_t slot0, bool f16) {
+  int64_t i0 = 0;
+  if (HS % 8 == 0)
+    for (; i0 + 8 <= n; i0 += 8)
+      for (int64_t d0 = 0; d0 < HS; d0 += 8) {
+        __m256 v[8];
+        for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(k_src + (i0 + i) * src_stride + d0);
+        transpose8(v);  // v[j]: dim d0 + j of positions i0..i0 + 7
+        for (int j = 0; j < 8; j++) {
+          const int64_t at = (d0 + j) * 16 + slot0 + i0;
+          if (f16)
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(k_head) + at), to_f16x8(v[j]));
+          else
+            _mm256_storeu_ps(static_cast<float*>(k_head) + at, v[j]);
+        }
+      }
+  for (int64_t d = 0; d < HS; d++)
+    for (int64_t i = i0; i < n; i++) {
+      const float x = k_src[i * src_stride + d];
+      if (f16) static_cast<uint16_t*>(k_head)[d * 16 + slot0 + i] = to_f16(x);
+      else static_cast<float*>(k_head)[d * 16 + slot0 + i] = x;
+    }
+}
+
 void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, int64_t n,
                    int64_t HS, void* k_head, void* v_head, int64_t slot0, bool f16) {
-  if (!f16) return scalar::kv_store_head(k_src, v_src, src_stride, n, HS, k_head, v_head, slot0, false);
-  uint16_t* k = static_cast<uint16_t*>(k_head);
+  store_k_transposed(k_src, src_stride, n, HS, k_head, slot0, f16);
+  if (!f16) {
+    float* v = static_cast<float*>(v_head);
+    for (int64_t i = 0; i < n; i++) std::memcpy(v + (slot0 + i) * HS, v_src + i * src_stride, size_t(HS) * sizeof(float));
+    return;
+  }
   uint16_t* v = static_cast<uint16_t*>(v_head);
-  for (int64_t d = 0; d < HS; d++)
-    for (int64_t i = 0; i < n; i++) k[d * 16 + slot0 + i] = to_f16(k_src[i * src_stride + d]);
   for (int64_t i = 0; i < n; i++) {
     const float* src = v_src + i * src_stride;
     uint16_t* dst = v + (slot0 + i) * HS;
