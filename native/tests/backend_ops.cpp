@@ -369,6 +369,26 @@ void test_small_ops(Backend& be, const std::string& name, std::vector<OpCase>& o
   ok = true;
   compare(z, dz.fetch(&ok), std::vector<float>(37, 0.f), ok);
   out.push_back(z);
+
+  // KV cache chunks must come zero-filled (attention reads a block's unwritten slots), also
+  // when a written chunk was released just before: sizes below, at and past a 2 MiB page.
+  for (size_t n : {size_t(1000), size_t(1) << 19, (size_t(3) << 19) + 5}) {
+    OpCase c{name, "alloc_cache", "n=" + std::to_string(n) + ", twice"};
+    c.tol = 0;
+    std::vector<float> got(n);
+    float* p = be.alloc_cache(n);
+    be.download(got.data(), p, n);
+    const std::vector<float> junk = rng.vec(n);
+    be.upload(p, junk.data(), n);
+    be.release_cache(p, n);
+    float* q = be.alloc_cache(n);
+    std::vector<float> again(n);
+    be.download(again.data(), q, n);
+    be.release_cache(q, n);
+    got.insert(got.end(), again.begin(), again.end());
+    compare(c, got, std::vector<float>(2 * n, 0.f), true);
+    out.push_back(c);
+  }
 }
 
 }  // namespace
