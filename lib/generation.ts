@@ -178,8 +178,10 @@ class SequenceRun implements ActiveSequence {
     private readonly ctx: GenerationContext,
     private readonly opts: ResolvedOptions,
     private readonly onChunk?: (c: StreamChunk) => void,
+    /** What to feed before the first sample: the prompt's last token (the rest is in the KV cache), or all of it. */
+    feed: readonly number[] = prompt.slice(-1),
   ) {
-    this.pending = [prompt[prompt.length - 1]];
+    this.pending = [...feed];
     // layout: NativeStepRequest.params
     this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty,
       opts.minP, opts.typicalP);
@@ -325,9 +327,13 @@ export async function runPrompt(
   // blocks really in use never exceed the budget.
   const ownBlocks = admission.blocksFor(P - 1, P + budget - 1, 1) - admission.blocksFor(P - 1, P - 1, 0);
   try {
-    // The prompt but its last token goes into one sequence; forks share that KV cache; each then
-    // feeds the last prompt token and samples its own continuation.
-    const parent = await prefillPrompt(scheduler, promptTokens, seedFor(opts.seed, 0), opts.signal);
+    // n > 1: the prompt but its last token goes into one sequence; forks share that KV cache;
+    // each then feeds the last prompt token and samples its own continuation. A lone sequence
+    // feeds the whole prompt and samples in the same step (one step sooner to the first token:
+    // a batch-1 step reads every weight once, ~24 ms for the 124M model in f32 on 2 cores).
+    const parent = n === 1
+      ? await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)))
+      : await prefillPrompt(scheduler, promptTokens, seedFor(opts.seed, 0), opts.signal);
     const releaseAll = (ids: number[]) =>
       scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
     let ids: number[];
@@ -351,7 +357,8 @@ export async function runPrompt(
       return result(empty('abort'), 0);
     }
     const minNew = minNewTokensFor(opts, P, budget);
-    const runs = ids.map((id, i) => new SequenceRun(id, i, promptTokens, budget, minNew, ctx, opts, onChunk));
+    const runs = ids.map((id, i) =>
+      new SequenceRun(id, i, promptTokens, budget, minNew, ctx, opts, onChunk, n === 1 ? promptTokens : undefined));
     for (const r of runs) r.onEnd = () => reservation.returnPart(ownBlocks, 1);
     const onAbort = () => runs.forEach((r) => r.abort());
     opts.signal?.addEventListener('abort', onAbort, { once: true });

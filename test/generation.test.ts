@@ -121,6 +121,41 @@ describe('batching and concurrency', () => {
     expect(mixed.sequences[0].tokens).toEqual(alone);
   });
 
+  test('a lone sequence takes its first token from the prompt step; forks feed the last token again', async () => {
+    // numReturnSequences 1 feeds the whole prompt in one step and samples there; n > 1 prefills
+    // all but the last token once, forks, and each fork feeds it. Same seed, same first
+    // sequence either way (the kernels are batch invariant), and one native step fewer alone.
+    const m = await freshModel(TINY);
+    try {
+      const scheduler = (m as unknown as { scheduler: { engine: object } }).scheduler;
+      const engine = scheduler.engine;
+      let steps = 0;
+      scheduler.engine = new Proxy(engine, {
+        get(target, key) {
+          const v = (target as Record<PropertyKey, unknown>)[key];
+          if (typeof v !== 'function') return v;
+          return (...a: unknown[]) => {
+            if (key === 'step') steps++;
+            return (v as (...b: unknown[]) => unknown).apply(target, a);
+          };
+        },
+      });
+      const s = { doSample: true, topK: 0, seed: 77, maxNewTokens: 1 };
+      const prompt = tokenSequence(12, 6);
+      const alone = await m.generate(prompt, s);
+      expect(steps).toBe(1);
+      steps = 0;
+      const forked = await m.generate(prompt, { ...s, numReturnSequences: 3 });
+      expect(steps).toBe(2);
+      expect(forked.sequences[0].tokens).toEqual(alone.sequences[0].tokens);
+      const longer = { ...s, maxNewTokens: 10 };
+      expect((await m.generate(prompt, { ...longer, numReturnSequences: 2 })).sequences[0])
+        .toEqual((await m.generate(prompt, longer)).sequences[0]);
+    } finally {
+      m.dispose();
+    }
+  });
+
   test('greedy decoding is deterministic across calls', async () => {
     const a = await tiny.generate('Deterministic?', greedy({ maxNewTokens: 15 }));
     const b = await tiny.generate('Deterministic?', greedy({ maxNewTokens: 15 }));
