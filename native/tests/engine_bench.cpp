@@ -154,57 +154,57 @@ int main(int argc, char** argv) {
     };
 
     for (int round = 0; round < rounds; ++round) {
-    prof.reset();
-    std::vector<StepItem> items(static_cast<size_t>(batch));
-    for (int b = 0; b < batch; ++b) {
-      items[size_t(b)].seq = engine->new_sequence(uint64_t(b));
-      for (int t = 0; t < prompt; ++t) items[size_t(b)].tokens.push_back((b * 977 + t * 131) % int(c.vocab_size));
-      items[size_t(b)].sample = true;
-    }
-    double t0 = now_s();
-    StepResult r = timed_step(items);
-    const double prefill_s = now_s() - t0;
-    std::map<std::string, double> prefill_ops = prof.secs;
-    std::vector<std::string> prefill_order = prof.order;
-    prof.reset();
-
-    std::vector<double> step_s;
-    for (int s = 0; s < steps; ++s) {
-      for (int b = 0; b < batch; ++b) items[size_t(b)].tokens.assign(1, r.sampled[size_t(b)]);
-      t0 = now_s();
-      r = timed_step(items);
-      step_s.push_back(now_s() - t0);
-    }
-    std::vector<double> sorted = step_s;
-    std::sort(sorted.begin(), sorted.end());
-    const double total = [&] {
-      double x = 0;
-      for (double v : step_s) x += v;
-      return x;
-    }();
-    if (rounds > 1) std::printf("round %d: ", round + 1);
-    std::printf("prefill: %d x %d tokens in %.1f ms (%.0f tok/s)\n", batch, prompt, prefill_s * 1e3,
-                batch * prompt / prefill_s);
-    // max: a step that grew the KV cache by a chunk (every 16 steps at batch 32) stands out.
-    if (rounds > 1) std::printf("round %d: ", round + 1);
-    std::printf("decode: batch %d, %d steps: median %.2f ms/step (min %.2f, max %.2f), %.1f tok/s\n\n", batch,
-                steps, sorted[sorted.size() / 2] * 1e3, sorted[0] * 1e3, sorted.back() * 1e3,
-                batch / sorted[sorted.size() / 2]);
-    auto table = [](const char* title, const std::vector<std::string>& order,
-                    const std::map<std::string, double>& secs, double wall, int divide) {
-      std::printf("%-34s %12s %8s\n", title, divide > 1 ? "ms/step" : "ms", "share");
-      for (const std::string& op : order) {
-        const double t = secs.at(op);
-        std::printf("  %-32s %12.3f %7.1f%%\n", op == "sample" ? "sampling + step bookkeeping" : op_label(op),
-                    t * 1e3 / divide, 100 * t / wall);
+      prof.reset();
+      std::vector<StepItem> items(static_cast<size_t>(batch));
+      for (int b = 0; b < batch; ++b) {
+        items[size_t(b)].seq = engine->new_sequence(uint64_t(b));
+        for (int t = 0; t < prompt; ++t) items[size_t(b)].tokens.push_back((b * 977 + t * 131) % int(c.vocab_size));
+        items[size_t(b)].sample = true;
       }
-      std::printf("\n");
-    };
-    if (round == rounds - 1) {
-      table("prefill op", prefill_order, prefill_ops, prefill_s, 1);
-      table("decode op (all layers)", prof.order, prof.secs, total, steps);
-    }
-    for (int b = 0; b < batch; ++b) engine->release_sequence(items[size_t(b)].seq);
+      double t0 = now_s();
+      StepResult r = timed_step(items);
+      const double prefill_s = now_s() - t0;
+      std::map<std::string, double> prefill_ops = prof.secs;
+      std::vector<std::string> prefill_order = prof.order;
+      prof.reset();
+
+      std::vector<double> step_s;
+      for (int s = 0; s < steps; ++s) {
+        for (int b = 0; b < batch; ++b) items[size_t(b)].tokens.assign(1, r.sampled[size_t(b)]);
+        t0 = now_s();
+        r = timed_step(items);
+        step_s.push_back(now_s() - t0);
+      }
+      std::vector<double> sorted = step_s;
+      std::sort(sorted.begin(), sorted.end());
+      const double total = [&] {
+        double x = 0;
+        for (double v : step_s) x += v;
+        return x;
+      }();
+      if (rounds > 1) std::printf("round %d: ", round + 1);
+      std::printf("prefill: %d x %d tokens in %.1f ms (%.0f tok/s)\n", batch, prompt, prefill_s * 1e3,
+                  batch * prompt / prefill_s);
+      // max: a step that grew the KV cache by a chunk (every 16 steps at batch 32) stands out.
+      if (rounds > 1) std::printf("round %d: ", round + 1);
+      std::printf("decode: batch %d, %d steps: median %.2f ms/step (min %.2f, max %.2f), %.1f tok/s\n\n", batch,
+                  steps, sorted[sorted.size() / 2] * 1e3, sorted[0] * 1e3, sorted.back() * 1e3,
+                  batch / sorted[sorted.size() / 2]);
+      auto table = [](const char* title, const std::vector<std::string>& order,
+                      const std::map<std::string, double>& secs, double wall, int divide) {
+        std::printf("%-34s %12s %8s\n", title, divide > 1 ? "ms/step" : "ms", "share");
+        for (const std::string& op : order) {
+          const double t = secs.at(op);
+          std::printf("  %-32s %12.3f %7.1f%%\n", op == "sample" ? "sampling + step bookkeeping" : op_label(op),
+                      t * 1e3 / divide, 100 * t / wall);
+        }
+        std::printf("\n");
+      };
+      if (round == rounds - 1) {
+        table("prefill op", prefill_order, prefill_ops, prefill_s, 1);
+        table("decode op (all layers)", prof.order, prof.secs, total, steps);
+      }
+      for (int b = 0; b < batch; ++b) engine->release_sequence(items[size_t(b)].seq);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "engine_bench: %s\n", e.what());

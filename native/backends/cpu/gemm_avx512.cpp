@@ -246,8 +246,8 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
     const float* xa = c.x + m0 * c.ldx + k0;
     const int64_t lda = c.ldx;
     // Byte offset of k0 in a panel (k0 is even for kBF16Pairs, see tile).
-    const int64_t koff = c.fmt == kBF16Pairs ? (k0 / 2) * NR * 4 : k0 * NR * (c.fmt == kF32 ? 4 : 2);
-    const int64_t knext = c.fmt == kBF16Pairs ? ((k0 + kc) / 2) * NR * 4 : (k0 + kc) * NR * (c.fmt == kF32 ? 4 : 2);
+    auto k_bytes = [&](int64_t k) { return c.fmt == kBF16Pairs ? (k / 2) * NR * 4 : k * NR * (c.fmt == kF32 ? 4 : 2); };
+    const int64_t koff = k_bytes(k0), knext = k_bytes(k0 + kc);
     for (int64_t q = 0; q < np; q += G) {
       const int g = int(np - q < G ? np - q : G);
       const uint8_t* pf = q + G < np ? c.w + (p0 + q + G) * c.panel_bytes + koff

@@ -382,7 +382,8 @@ void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, i
   store_k_transposed(k_src, src_stride, n, HS, k_head, slot0, f16);
   if (!f16) {
     float* v = static_cast<float*>(v_head);
-    for (int64_t i = 0; i < n; i++) std::memcpy(v + (slot0 + i) * HS, v_src + i * src_stride, size_t(HS) * sizeof(float));
+    for (int64_t i = 0; i < n; i++)
+      std::memcpy(v + (slot0 + i) * HS, v_src + i * src_stride, size_t(HS) * sizeof(float));
     return;
   }
   uint16_t* v = static_cast<uint16_t*>(v_head);
