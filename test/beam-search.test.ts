@@ -3,7 +3,9 @@
 // same scores, through eos and the length limit, every earlyStopping mode, several length
 // penalties and the logits processors; plus batch invariance, KV-cache hygiene and validation.
 import { loadModel, OptionError, type GenerateOptions, type Model } from '../lib';
-import { CPU, checkpoint, model, mutableCopy, readJsonFile, replaceFile, tokenSequence } from './helpers/fixtures';
+import {
+  CPU, checkpoint, countingSteps, model, mutableCopy, readJsonFile, replaceFile, tokenSequence,
+} from './helpers/fixtures';
 import { beamSearchReference, type BeamReferenceOptions } from './reference/beam-search-f64';
 import { loadGpt2Reference, type Gpt2Reference } from './reference/gpt2-f64';
 import { decode as r50kDecode } from 'gpt-tokenizer/cjs/encoding/r50k_base';
@@ -35,29 +37,6 @@ function refOptions(o: GenerateOptions, eosTokenId = EOS): BeamReferenceOptions 
     // the reference decodes with the peer tokenizer library
     stop: typeof o.stop === 'string' ? [o.stop] : o.stop, decode: (ids) => r50kDecode(ids),
   };
-}
-
-/** Runs fn and counts the native forward steps meanwhile (nothing else may run on m). */
-async function countingSteps<T>(m: Model, fn: () => Promise<T>): Promise<{ result: T; steps: number }> {
-  // the scheduler's engine handle, wrapped (the native object's methods are read-only)
-  const scheduler = (m as unknown as { scheduler: { engine: object } }).scheduler;
-  const engine = scheduler.engine as Record<string | symbol, unknown>;
-  let steps = 0;
-  scheduler.engine = new Proxy(engine, {
-    get(target, key) {
-      const v = target[key];
-      if (typeof v !== 'function') return v;
-      return (...a: unknown[]) => {
-        if (key === 'step') steps++;
-        return (v as (...b: unknown[]) => unknown).apply(target, a);
-      };
-    },
-  });
-  try {
-    return { result: await fn(), steps };
-  } finally {
-    scheduler.engine = engine;
-  }
 }
 
 async function expectMatchesReference(m: Model, r: Gpt2Reference, prompt: number[], o: GenerateOptions, eos = EOS) {

@@ -9,7 +9,7 @@ import {
   DisposedError, LlmcoreError, OptionError, loadModel, type GenerateOptions, type Model, type StreamChunk,
 } from '../lib';
 import {
-  argmax, checkpoint, freshModel, model, mutableCopy, penalize, rewriteSafetensors, row, sortedDesc,
+  argmax, checkpoint, countingSteps, freshModel, model, mutableCopy, penalize, rewriteSafetensors, row, sortedDesc,
   tokenSequence, type CheckpointOptions,
 } from './helpers/fixtures';
 
@@ -127,27 +127,13 @@ describe('batching and concurrency', () => {
     // sequence either way (the kernels are batch invariant), and one native step fewer alone.
     const m = await freshModel(TINY);
     try {
-      const scheduler = (m as unknown as { scheduler: { engine: object } }).scheduler;
-      const engine = scheduler.engine;
-      let steps = 0;
-      scheduler.engine = new Proxy(engine, {
-        get(target, key) {
-          const v = (target as Record<PropertyKey, unknown>)[key];
-          if (typeof v !== 'function') return v;
-          return (...a: unknown[]) => {
-            if (key === 'step') steps++;
-            return (v as (...b: unknown[]) => unknown).apply(target, a);
-          };
-        },
-      });
       const s = { doSample: true, topK: 0, seed: 77, maxNewTokens: 1 };
       const prompt = tokenSequence(12, 6);
-      const alone = await m.generate(prompt, s);
-      expect(steps).toBe(1);
-      steps = 0;
-      const forked = await m.generate(prompt, { ...s, numReturnSequences: 3 });
-      expect(steps).toBe(2);
-      expect(forked.sequences[0].tokens).toEqual(alone.sequences[0].tokens);
+      const alone = await countingSteps(m, () => m.generate(prompt, s));
+      expect(alone.steps).toBe(1);
+      const forked = await countingSteps(m, () => m.generate(prompt, { ...s, numReturnSequences: 3 }));
+      expect(forked.steps).toBe(2);
+      expect(forked.result.sequences[0].tokens).toEqual(alone.result.sequences[0].tokens);
       const longer = { ...s, maxNewTokens: 10 };
       expect((await m.generate(prompt, { ...longer, numReturnSequences: 2 })).sequences[0])
         .toEqual((await m.generate(prompt, longer)).sequences[0]);

@@ -287,3 +287,29 @@ export function sortedDesc(x: ArrayLike<number>): number[] {
 export function tokenSequence(n: number, salt = 0, vocab = 50257): number[] {
   return Array.from({ length: n }, (_, i) => ((i + 1) * 7919 + salt * 104729 + 13) % vocab);
 }
+
+// -------------------------------------------------------------------------------------------
+// Native step counting.
+
+/** Runs fn and counts the native forward steps meanwhile (nothing else may run on m). */
+export async function countingSteps<T>(m: Model, fn: () => Promise<T>): Promise<{ result: T; steps: number }> {
+  // the scheduler's engine handle, wrapped (the native object's methods are read-only)
+  const scheduler = (m as unknown as { scheduler: { engine: object } }).scheduler;
+  const engine = scheduler.engine as Record<string | symbol, unknown>;
+  let steps = 0;
+  scheduler.engine = new Proxy(engine, {
+    get(target, key) {
+      const v = target[key];
+      if (typeof v !== 'function') return v;
+      return (...a: unknown[]) => {
+        if (key === 'step') steps++;
+        return (v as (...b: unknown[]) => unknown).apply(target, a);
+      };
+    },
+  });
+  try {
+    return { result: await fn(), steps };
+  } finally {
+    scheduler.engine = engine;
+  }
+}

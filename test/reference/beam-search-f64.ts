@@ -61,7 +61,7 @@ export function beamSearchReference(model: Gpt2Reference, prompt: number[], o: B
   };
 
   let running: number[][] = Array.from({ length: B }, () => prompt.slice());
-  let runningScores = Array.from({ length: B }, (_, i) => (i === 0 ? 0 : NEG));
+  let runningScores: number[] = Array.from({ length: B }, (_, i) => (i === 0 ? 0 : NEG));
   let finished: number[][] = Array.from({ length: B }, () => prompt.slice());
   let finishedScores = Array.from({ length: B }, () => NEG);
   let isFinished = Array.from({ length: B }, () => false);
