@@ -10,7 +10,7 @@
 // (the full blocks are shared, only the partial last one is copied), so no prefix is recomputed.
 import type { GeneratedSequence, GenerationContext, GenerationResult } from './generation';
 import { OptionError } from './errors';
-import { bannedTokens, checkTokenIds, firstStop, minNewTokensFor, prefillPrompt, promptResult } from './generation';
+import { bannedTokens, checkTokenIds, firstStop, minNewTokensFor, promptResult } from './generation';
 import { newTokenBudget, type ResolvedOptions } from './options';
 import { LogitsMode, NOT_SAMPLED, type ActiveSequence } from './scheduler';
 
@@ -43,14 +43,15 @@ interface Row {
 }
 
 /**
- * Feeds one token to a sequence and resolves to the logits of that position: a view of the step's
- * result, which the addon allocates anew every step (nothing writes it afterwards).
+ * Feeds tokens to a sequence (one, or the whole prompt) and resolves to the logits of the last
+ * position: a view of the step's result, which the addon allocates anew every step (nothing
+ * writes it afterwards).
  */
-function stepLogits(ctx: GenerationContext, id: number, token: number): Promise<Row> {
+function stepLogits(ctx: GenerationContext, id: number, tokens: readonly number[]): Promise<Row> {
   return new Promise<Row>((resolve, reject) => {
     const seq: ActiveSequence = {
       id,
-      pending: [token],
+      pending: [...tokens],
       sample: false,
       logits: LogitsMode.Last,
       params: NOT_SAMPLED,
@@ -141,16 +142,16 @@ export async function runBeamSearch(
     return scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
   };
   try {
-    beams = [{ id: await prefillPrompt(scheduler, promptTokens, opts.seed, opts.signal), tokens: [], sum: 0 }];
+    beams = [{ id: await scheduler.exclusive((e) => e.newSequence(opts.seed)), tokens: [], sum: 0 }];
     const minNew = minNewTokensFor(opts, P, budget);
     const finished: Hypothesis[] = []; // the best numBeams, best first
     let firstAt = 0;
     for (;;) {
       if (opts.signal?.aborted) break;
       // HF starts with numBeams copies of the prompt, all but the first at -1e9, so the first step
-      // only ever expands the first: one beam here until then.
+      // only ever expands the first: one beam here until then, and its first step is the prompt's.
       const rows = await Promise.all(beams.map((b) =>
-        stepLogits(ctx, b.id, b.tokens.length > 0 ? b.tokens[b.tokens.length - 1] : promptTokens[P - 1])));
+        stepLogits(ctx, b.id, b.tokens.length > 0 ? b.tokens.slice(-1) : promptTokens)));
       if (!firstAt) firstAt = performance.now();
       const newTokens = beams[0].tokens.length + 1; // of every candidate
       const all: Candidate[] = [];
