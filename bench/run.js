@@ -45,26 +45,35 @@ function promptTokens(n, salt) {
   return out;
 }
 
-// The machine's limits drift (a shared host: ±20% within minutes), so each row also gets them
-// measured right before and after its runs (the better of the two), next to the run's best.
-async function localLimits(before) {
-  const after = await llm.measureRoofline(os.availableParallelism());
-  return {
-    peakGflops: Math.max(before.peakGflops, after.peakGflops),
-    readGBs: Math.max(before.readGBs, after.readGBs),
-  };
-}
+// The machine's limits drift: on a shared host the read bandwidth has been seen to sit near 32
+// GB/s for minutes and near 55 GB/s for the next minutes, and it moves inside a row's runs. So
+// every timed run also gets the limits measured right before and right after it (the better of
+// the two is that run's local roof), on a 256 MiB buffer to keep them short.
+const LOCAL_BYTES = 256 * 2 ** 20;
+const measureLimits = () => llm.measureRoofline(os.availableParallelism(), LOCAL_BYTES);
+const better = (a, b) => ({
+  peakGflops: Math.max(a.peakGflops, b.peakGflops),
+  peakBf16Gflops: a.peakBf16Gflops === null ? null : Math.max(a.peakBf16Gflops, b.peakBf16Gflops),
+  readGBs: Math.max(a.readGBs, b.readGBs),
+});
 
 async function timeRuns(fn) {
   await fn();  // warm-up: page in weights, size buffers
-  const before = await llm.measureRoofline(os.availableParallelism());
+  const limits = [await measureLimits()];
   const xs = [];
-  for (let i = 0; i < RUNS; i++) xs.push(await fn());
-  return { median: median(xs), runs: xs, local: await localLimits(before) };
+  for (let i = 0; i < RUNS; i++) {
+    xs.push(await fn());
+    limits.push(await measureLimits());
+  }
+  const perRun = xs.map((_, i) => better(limits[i], limits[i + 1]));
+  return { median: median(xs), runs: xs, perRunLimits: perRun, local: limits.reduce(better) };
 }
 
-const rooflineSeconds = (flops, bytes, lim) =>
-  Math.max(flops / (lim.peakGflops * 1e9), bytes / (lim.readGBs * 1e9));
+// The compute roof of a row: bf16 weights on a CPU with AVX512_BF16 run their matmuls on
+// vdpbf16ps, twice the multiplies of an fp32 FMA per instruction (measured, not assumed).
+const computePeak = (lim, bf16Dot) => (bf16Dot ? lim.peakBf16Gflops : lim.peakGflops);
+const rooflineSeconds = (flops, bytes, lim, bf16Dot) =>
+  Math.max(flops / (computePeak(lim, bf16Dot) * 1e9), bytes / (lim.readGBs * 1e9));
 
 async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, batches = [1, 8, 32] } = {}) {
   const model = await llm.loadModel(dir, { device: 'cpu', dtype, kvCacheDtype });
@@ -75,6 +84,7 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
   const C = c.nEmbd, L = c.nLayer, V = c.vocabSize;
   const matmulParams = L * 12 * C * C;                       // qkv 3C^2, proj C^2, mlp 8C^2
   const weightBytes = info.weightBytes;                        // matmul weights as kept, LM head included
+  const bf16Dot = info.weightDtype === 'BF16' && llm.backendInfo().bf16DotProduct;
   const rows = [];
 
   for (const T of prefill ? [128, 512] : []) {
@@ -89,7 +99,7 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
     const secs = t.median / 1000;
     rows.push({
       dtype: label, kind: 'prefill', tokens: T, batch: 1, ms: t.median, runsMs: t.runs,
-      tokPerSec: T / secs, flops, bytes, secs, perRun: T, localLimits: t.local,
+      tokPerSec: T / secs, flops, bytes, secs, perRun: T, localLimits: t.local, perRunLimits: t.perRunLimits, bf16Dot,
     });
   }
 
@@ -111,7 +121,7 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
     rows.push({
       dtype: label, kind: 'decode', tokens: DECODE_TOKENS, batch: B, ms: t.median,
       runsMs: t.runs, tokPerSec: B / stepSecs, flops, bytes, secs: stepSecs, perRun: B,
-      localLimits: t.local, memoryBound: true,
+      localLimits: t.local, perRunLimits: t.perRunLimits, bf16Dot, memoryBound: true,
     });
   }
   model.dispose();
@@ -123,11 +133,7 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
   const threads = os.availableParallelism();
   const roofRuns = [];
   for (let i = 0; i < 3; i++) roofRuns.push(await llm.measureRoofline(threads));
-  const roof = {
-    threads,
-    peakGflops: Math.max(...roofRuns.map((r) => r.peakGflops)),
-    readGBs: Math.max(...roofRuns.map((r) => r.readGBs)),
-  };
+  const roof = { threads, ...roofRuns.reduce(better) };
   const machine = {
     cpu: os.cpus()[0]?.model, cores: threads, memGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
     platform: `${os.platform()} ${os.release()} ${os.arch()}`, node: process.version,
@@ -138,38 +144,43 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
   for (const dtype of dtypes) results.push(await benchModel(dir, dtype));
   results.push(await benchModel(dir, dtypes[0], { kvCacheDtype: 'f16', prefill: false, batches: [32] }));
   const rows = results.flatMap((r) => r.rows);
-  // The limits: the best of every measurement of the session (at the start and around each row),
+  // The limits: the best of every measurement of the session (at the start and around each run),
   // so a slow moment of the host never inflates a ratio.
+  for (const r of rows) Object.assign(roof, better(roof, r.localLimits));
   for (const r of rows) {
-    roof.peakGflops = Math.max(roof.peakGflops, r.localLimits.peakGflops);
-    roof.readGBs = Math.max(roof.readGBs, r.localLimits.readGBs);
-  }
-  for (const r of rows) {
-    const roofSecs = rooflineSeconds(r.flops, r.bytes, roof);
+    const roofSecs = rooflineSeconds(r.flops, r.bytes, roof, r.bf16Dot);
     r.gflops = r.flops / r.secs / 1e9;
-    r.fractionOfPeakFma = r.gflops / roof.peakGflops;
+    r.computePeak = r.bf16Dot ? 'bf16 dot' : 'fp32 FMA';
+    r.fractionOfComputePeak = r.gflops / computePeak(roof, r.bf16Dot);
     if (r.memoryBound) {
       r.weightGBs = r.bytes / r.secs / 1e9;
       r.fractionOfBandwidth = r.weightGBs / roof.readGBs;
     }
     r.rooflineTokPerSec = r.perRun / roofSecs;
     r.ratioToRoofline = roofSecs / r.secs;
-    r.ratioToLocalRoofline = rooflineSeconds(r.flops, r.bytes, r.localLimits) / r.secs;
+    // Each run against the limits measured around it; the row's figure is their median.
+    r.runRatiosToLocalRoofline = r.runsMs.map((ms, i) => rooflineSeconds(r.flops, r.bytes, r.perRunLimits[i], r.bf16Dot) / (ms / 1000));
+    r.ratioToLocalRoofline = median(r.runRatiosToLocalRoofline);
   }
   const report = { machine, limits: roof, runs: RUNS, decodeTokens: DECODE_TOKENS, backend: results[0].info.backend, rows };
 
   const pct = (x) => (x === undefined ? '' : `${(100 * x).toFixed(0)}%`);
   console.log(`\nmachine: ${machine.cpu}, ${threads} threads, ${machine.cpuFeatures}; kernels ${machine.cpuKernels}`);
-  console.log(`limits:  peak FMA ${roof.peakGflops.toFixed(1)} GFLOP/s, streaming read ${roof.readGBs.toFixed(1)} GB/s ` +
-    `(the best of all ${3 + 2 * rows.length} measurements of this run)\n`);
-  console.log('| weights | phase | batch | tok/s | ms (median) | GFLOP/s | % FMA peak | GB/s | % bandwidth | roofline tok/s | % roofline | limits around the row | % of those |');
+  const bf16Peak = roof.peakBf16Gflops === null ? '' : `, bf16 dot product ${roof.peakBf16Gflops.toFixed(1)} GFLOP/s`;
+  console.log(`limits:  peak fp32 FMA ${roof.peakGflops.toFixed(1)} GFLOP/s${bf16Peak}, streaming read ${roof.readGBs.toFixed(1)} GB/s ` +
+    `(the best of all ${3 + rows.reduce((s, r) => s + r.runsMs.length + 1, 0)} measurements of this run)\n`);
+  console.log('| weights | phase | batch | tok/s | ms (median) | GFLOP/s | % compute peak | GB/s | % bandwidth | roofline tok/s | % roofline | limits around the runs | % of those (median of runs) |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  const limitText = (r) => {
+    const compute = computePeak(r.localLimits, r.bf16Dot).toFixed(0);
+    return `${compute} GFLOP/s${r.bf16Dot ? ' bf16' : ''}, ${Math.min(...r.perRunLimits.map((l) => l.readGBs)).toFixed(0)}-${r.localLimits.readGBs.toFixed(0)} GB/s`;
+  };
   for (const r of rows)
     console.log(
       `| ${r.dtype} | ${r.kind === 'prefill' ? `prefill ${r.tokens}` : 'decode'} | ${r.batch} | ${r.tokPerSec.toFixed(1)} | ` +
-        `${r.ms.toFixed(1)} | ${r.gflops.toFixed(1)} | ${pct(r.fractionOfPeakFma)} | ${r.weightGBs ? r.weightGBs.toFixed(1) : ''} | ` +
+        `${r.ms.toFixed(1)} | ${r.gflops.toFixed(1)} | ${pct(r.fractionOfComputePeak)}${r.bf16Dot ? ' (bf16)' : ''} | ${r.weightGBs ? r.weightGBs.toFixed(1) : ''} | ` +
         `${pct(r.fractionOfBandwidth)} | ${r.rooflineTokPerSec.toFixed(1)} | ${pct(r.ratioToRoofline)} | ` +
-        `${r.localLimits.peakGflops.toFixed(0)} GFLOP/s, ${r.localLimits.readGBs.toFixed(1)} GB/s | ${pct(r.ratioToLocalRoofline)} |`,
+        `${limitText(r)} | ${pct(r.ratioToLocalRoofline)} |`,
     );
   fs.mkdirSync(path.dirname(values.json), { recursive: true });
   fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');

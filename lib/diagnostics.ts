@@ -1,7 +1,7 @@
 // Introspection and self-tests of the native side: CPU features, test-backend-ops, the
 // machine's measured limits (for benchmarks' roofline ratios).
 import { callNative } from './errors';
-import { native, type BackendOpCase } from './native';
+import { native, type BackendOpCase, type Roofline } from './native';
 
 /**
  * The CPU's features and the kernels chosen. bf16DotProduct: bf16 matmuls use the CPU's bf16
@@ -18,7 +18,11 @@ export function runBackendOps(options?: { quick?: boolean }): Promise<BackendOpC
   return callNative(() => native().runBackendOps(options?.quick ?? true));
 }
 
-/** Peak FMA rate (GFLOP/s) and streaming read bandwidth (GB/s) with `threads` threads. */
-export function measureRoofline(threads: number, bytes = 1 << 30): Promise<{ peakGflops: number; readGBs: number; threads: number }> {
+/**
+ * The machine's limits with `threads` threads: peak fp32 FMA rate (GFLOP/s), peak bf16
+ * dot-product rate (vdpbf16ps, the roof of bf16 weights where backendInfo().bf16DotProduct;
+ * null without AVX512_BF16) and streaming read bandwidth (GB/s) over a `bytes` buffer.
+ */
+export function measureRoofline(threads: number, bytes = 1 << 30): Promise<Roofline> {
   return callNative(() => native().measureRoofline(threads, bytes));
 }

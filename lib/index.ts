@@ -15,3 +15,4 @@ export {
 } from './errors';
 export type { ErrorCode } from './errors';
 export { backendInfo, runBackendOps, measureRoofline } from './diagnostics';
+export type { Roofline } from './native';

@@ -83,11 +83,19 @@ export interface BackendOpCase {
   note: string;
 }
 
+/** The machine's measured limits (see measureRoofline in diagnostics.ts). */
+export interface Roofline {
+  peakGflops: number;
+  peakBf16Gflops: number | null;
+  readGBs: number;
+  threads: number;
+}
+
 export interface NativeAddon {
   loadEngine(options: NativeLoadOptions): Promise<NativeEngine>;
   cpuInfo(): { features: string; isa: string; bf16DotProduct: boolean };
   runBackendOps(quick: boolean): Promise<BackendOpCase[]>;
-  measureRoofline(threads: number, bytes: number): Promise<{ peakGflops: number; readGBs: number; threads: number }>;
+  measureRoofline(threads: number, bytes: number): Promise<Roofline>;
   interfaceVersion: number;
 }
 

@@ -1,6 +1,6 @@
 // test-backend-ops through the public API: every op of every CPU kernel family this machine can
 // run, against the plain reference, in its quick configuration.
-import { backendInfo, runBackendOps } from '../lib';
+import { backendInfo, measureRoofline, runBackendOps } from '../lib';
 import type { BackendOpCase } from '../lib/native';
 
 const OPS = ['layernorm', 'matmul', 'kv_store', 'attention', 'embed', 'gather'] as const;
@@ -65,4 +65,20 @@ test('the kernel family the engine selects is one that passed', () => {
   const ran = cases.filter((c) => c.backend === selected && c.supported);
   expect(ran.length).toBeGreaterThan(0);
   expect(ran.every((c) => c.ok)).toBe(true);
+});
+
+test('measureRoofline reports the limits the bench divides by, bf16 only where its kernel runs', async () => {
+  const r = await measureRoofline(1, 64 * 2 ** 20);
+  expect(r.threads).toBe(1);
+  expect(Number.isFinite(r.peakGflops) && r.peakGflops > 0).toBe(true);
+  expect(Number.isFinite(r.readGBs) && r.readGBs > 0).toBe(true);
+  if (backendInfo().bf16DotProduct) {
+    // vdpbf16ps does two products per fp32 lane: at least as many flops per instruction as an
+    // FMA (Zen 4 issues it as fast, twice the FMA's flops; slower issue elsewhere stays above half)
+    expect(r.peakBf16Gflops).not.toBeNull();
+    expect(r.peakBf16Gflops!).toBeGreaterThan(0.5 * r.peakGflops);
+    console.log(`roofline (1 thread): fp32 FMA ${r.peakGflops.toFixed(1)}, bf16 dot ${r.peakBf16Gflops!.toFixed(1)} GFLOP/s`);
+  } else {
+    expect(r.peakBf16Gflops).toBeNull();
+  }
 });

@@ -60,11 +60,14 @@ class RooflineWorker : public PromiseWorker {
   void compute() override {
     ThreadPool pool(threads_);
     peak_ = cpu::measure_peak_fma_gflops(pool);
+    peak_bf16_ = cpu::measure_peak_bf16_gflops(pool);
     bandwidth_ = cpu::measure_read_bandwidth_gbs(pool, size_t(bytes_));
   }
   Napi::Value result(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
     o.Set("peakGflops", peak_);
+    if (peak_bf16_ > 0) o.Set("peakBf16Gflops", peak_bf16_);
+    else o.Set("peakBf16Gflops", env.Null());
     o.Set("readGBs", bandwidth_);
     o.Set("threads", threads_);
     return o;
@@ -72,10 +75,10 @@ class RooflineWorker : public PromiseWorker {
 
  private:
   int threads_;
-  double bytes_, peak_ = 0, bandwidth_ = 0;
+  double bytes_, peak_ = 0, peak_bf16_ = 0, bandwidth_ = 0;
 };
 
-// measureRoofline(threads, bytes) -> Promise<{peakGflops, readGBs, threads}>
+// measureRoofline(threads, bytes) -> Promise<{peakGflops, peakBf16Gflops, readGBs, threads}>
 Napi::Value measure_roofline(const Napi::CallbackInfo& info) {
   const int threads = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 1;
   const double bytes = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : double(1 << 30);

@@ -5,8 +5,8 @@
 // panels of 32 columns (two zmm per k-row), register tiles of R rows x G panels with
 // R * 2G <= 16 accumulators (R <= 8 for M >= 4; 1x128 / 2x96 / 3x64 for M = 1..3).
 //
-// NOTE: this file is compiled but was not executed on the development machine (AMD Zen 3,
-// no AVX-512). Its logic mirrors the tested AVX2 file line by line.
+// First compiled blind on Zen 3 (no AVX-512); since the seventh session it runs and passes
+// test-backend-ops and gemm_test on an AVX-512 + AVX512_BF16 machine (AMD Zen 4).
 //
 // Formats:
 //   kF32 / kF16: every output is one fp32 FMA chain over k in increasing order (bitwise equal
@@ -286,6 +286,24 @@ double avx512_fma_loop(int64_t iters, float* sink) {
   for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, a[j]);
   *sink = _mm512_reduce_add_ps(s);
   return double(iters) * 16 * 16 * 2;
+}
+
+double avx512_bf16_dot_loop(int64_t iters, float* sink) {
+  // bf16 1.0 pairs times values near 0: the accumulators stay finite for any iteration count.
+  const __m512bh b = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+  const __m512bh d = (__m512bh)_mm512_set1_epi32(0x33d633d6);  // ~1e-7 per half
+  __m512 a[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) a[j] = _mm512_set1_ps(1.0f + 0.1f * float(j));
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) a[j] = _mm512_dpbf16_ps(a[j], b, d);
+  }
+  __m512 s = a[0];
+#pragma GCC unroll 16
+  for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, a[j]);
+  *sink = _mm512_reduce_add_ps(s);
+  return double(iters) * 16 * 32 * 2;
 }
 
 namespace {

@@ -66,6 +66,9 @@ void avx512_gelu(const float* in, float* out, int64_t n);
 // streams * chunk bytes (the GEMV's pattern: a few neighbouring panels at a time).
 double avx2_fma_loop(int64_t iters, float* sink);
 double avx512_fma_loop(int64_t iters, float* sink);
+// The same with vdpbf16ps (AVX512_BF16): each instruction does 32 bf16 products and adds them
+// pairwise into 16 fp32 lanes, counted as 64 flops, as the kBF16Pairs GEMM's flops are counted.
+double avx512_bf16_dot_loop(int64_t iters, float* sink);
 double avx2_read_sum(const void* p, size_t bytes, int streams, size_t chunk);
 double avx512_read_sum(const void* p, size_t bytes, int streams, size_t chunk);
 

@@ -97,14 +97,6 @@ double run_concurrently(ThreadPool& pool, Body&& body) {
   return std::chrono::duration<double>(end - start).count();
 }
 
-double fma_loop(Isa isa, int64_t iters, float* sink) {
-  switch (isa) {
-    case Isa::Avx512: return kern::avx512_fma_loop(iters, sink);
-    case Isa::Avx2: return kern::avx2_fma_loop(iters, sink);
-    default: return sse2_fma_loop(iters, sink);
-  }
-}
-
 double read_sum(Isa isa, const void* p, size_t bytes, int streams, size_t chunk) {
   switch (isa) {
     case Isa::Avx512: return kern::avx512_read_sum(p, bytes, streams, chunk);
@@ -115,15 +107,16 @@ double read_sum(Isa isa, const void* p, size_t bytes, int streams, size_t chunk)
 
 }  // namespace
 
-double measure_peak_fma_gflops(ThreadPool& pool) {
-  const Isa isa = best_isa();
+namespace {
+// Runs loop(iters, sink) on every pool thread at once, the count calibrated so one trial takes
+// ~40 ms; the best of 7 trials in GFLOP/s.
+double measure_peak(ThreadPool& pool, double (*loop)(int64_t, float*)) {
   const int n = pool.size();
   std::vector<float> sink(size_t(n) * 16);
-  // Calibrate the iteration count so one trial takes ~40 ms.
   int64_t iters = 1 << 20;
   for (;;) {
     const auto a = Clock::now();
-    fma_loop(isa, iters, &sink[0]);
+    loop(iters, &sink[0]);
     const double s = std::chrono::duration<double>(Clock::now() - a).count();
     if (s > 0.01 || iters > (int64_t(1) << 34)) {
       iters = int64_t(double(iters) * 0.04 / (s > 1e-6 ? s : 1e-6)) + 1;
@@ -135,7 +128,7 @@ double measure_peak_fma_gflops(ThreadPool& pool) {
   for (int trial = 0; trial < 7; ++trial) {
     std::vector<double> flops(size_t(n), 0.0);
     const double s = run_concurrently(pool, [&](int tid) {
-      flops[size_t(tid)] = fma_loop(isa, iters, &sink[size_t(tid) * 16]);
+      flops[size_t(tid)] = loop(iters, &sink[size_t(tid) * 16]);
     });
     if (s <= 0) continue;
     double total = 0;
@@ -143,6 +136,20 @@ double measure_peak_fma_gflops(ThreadPool& pool) {
     best = std::max(best, total / s * 1e-9);
   }
   return best;
+}
+}  // namespace
+
+double measure_peak_fma_gflops(ThreadPool& pool) {
+  switch (best_isa()) {
+    case Isa::Avx512: return measure_peak(pool, kern::avx512_fma_loop);
+    case Isa::Avx2: return measure_peak(pool, kern::avx2_fma_loop);
+    default: return measure_peak(pool, sse2_fma_loop);
+  }
+}
+
+double measure_peak_bf16_gflops(ThreadPool& pool) {
+  if (best_isa() != Isa::Avx512 || !cpu_features().avx512bf16) return 0.0;
+  return measure_peak(pool, kern::avx512_bf16_dot_loop);
 }
 
 double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes) {

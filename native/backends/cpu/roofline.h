@@ -12,6 +12,11 @@ namespace llmcore::cpu {
 // (best_isa(), so LLMCORE_CPU_ISA caps it): independent FMA chains in registers, no memory.
 double measure_peak_fma_gflops(ThreadPool& pool);
 
+// Peak bf16 dot-product throughput in GFLOP/s (vdpbf16ps: 2 products + 2 adds per fp32 lane),
+// the compute roof of bf16 weights on a CPU with AVX512_BF16 (their GEMM runs on vdpbf16ps,
+// see gemm_avx512.cpp); 0 where the CPU (or LLMCORE_CPU_ISA) rules that kernel out.
+double measure_peak_bf16_gflops(ThreadPool& pool);
+
 // Streaming read bandwidth in GB/s (1e9 bytes/s): every thread sums its contiguous share of a
 // `bytes`-sized buffer (default 1 GiB, far larger than any L3) with SIMD loads.
 double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes = size_t(1) << 30);
