@@ -1,5 +1,6 @@
-// One prompt -> numReturnSequences continuations: the prompt is computed once, its KV cache
-// forked, and every sequence then decodes in the shared scheduler batch. Used by generate()
+// One prompt -> numReturnSequences continuations: the prompt is computed once, in one step whose
+// logits row every continuation samples its first token from (the engine forks the KV cache in
+// that step), and every sequence then decodes in the shared scheduler batch. Used by generate()
 // (collects) and stream() (emits pieces as they complete).
 import type { Admission } from './admission';
 import type { ModelConfig } from './config';
@@ -158,6 +159,9 @@ class SequenceRun implements ActiveSequence {
   banned: number[] = [];
   /** Called once when the sequence ends, after its native release is queued. */
   onEnd?: () => void;
+  /** The first sequence of a prompt: the others, which the engine forks from it (see onForked). */
+  forkSeeds?: number[];
+  forkRuns: SequenceRun[] = [];
   private emittedText = 0;
   private emittedTokens = 0;
   private readonly decoder;
@@ -170,16 +174,17 @@ class SequenceRun implements ActiveSequence {
   });
 
   constructor(
-    readonly id: number,
+    /** The native sequence; -1 for a fork until the step that makes it (attach). */
+    public id: number,
     readonly index: number,
     private readonly prompt: readonly number[],
     private readonly budget: number,
     private readonly minNewTokens: number,
     private readonly ctx: GenerationContext,
     private readonly opts: ResolvedOptions,
+    /** What to feed before the first sample: the prompt, or nothing for a fork (it starts in attach). */
+    feed: readonly number[],
     private readonly onChunk?: (c: StreamChunk) => void,
-    /** What to feed before the first sample: the prompt's last token (the rest is in the KV cache), or all of it. */
-    feed: readonly number[] = prompt.slice(-1),
   ) {
     this.pending = [...feed];
     // layout: NativeStepRequest.params
@@ -211,7 +216,25 @@ class SequenceRun implements ActiveSequence {
     this.pending.push(token);
   }
 
+  onForked(ids: Int32Array, sampled: Int32Array): void {
+    this.forkSeeds = undefined;  // once: its later steps sample for itself alone
+    this.forkRuns.forEach((run, j) => run.attach(ids[j], sampled[j]));
+  }
+
+  /** A fork's start: its native sequence and first token, from the step that sampled its parent. */
+  private attach(id: number, token: number): void {
+    this.id = id;
+    if (this.done) {  // aborted (or failed) while that step ran: only the native sequence is left
+      this.ctx.scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
+      return;
+    }
+    this.onStep(token, null, true);
+    if (!this.done) this.ctx.scheduler.add(this);
+  }
+
   onError(err: unknown): void {
+    // Forks not made yet share their parent's fate.
+    for (const run of this.forkRuns) if (run.id < 0) run.onError(err);
     if (this.done) return;
     this.done = true;
     this.cancelled = true;
@@ -253,7 +276,8 @@ class SequenceRun implements ActiveSequence {
   }
 
   private release(): void {
-    this.ctx.scheduler.exclusive((e) => e.releaseSequence(this.id)).catch(() => undefined);
+    const id = this.id;
+    if (id >= 0) this.ctx.scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
     this.onEnd?.();
   }
 }
@@ -275,23 +299,6 @@ export function promptResult(promptText: string, promptTokens: number[], sequenc
       decodeMs: firstAt ? end - firstAt : 0,
     },
   };
-}
-
-/**
- * A new native sequence holding the prompt but its last token in its KV cache (the last one is
- * fed with the first decode step). Released again if that fails.
- */
-export async function prefillPrompt(scheduler: Scheduler, promptTokens: number[], seed: number,
-                                    signal?: AbortSignal): Promise<number> {
-  const id = await scheduler.exclusive((e) => e.newSequence(seed));
-  try {
-    if (promptTokens.length > 1)
-      await prefill(scheduler, id, promptTokens.slice(0, -1), LogitsMode.None, undefined, signal);
-  } catch (err) {
-    scheduler.exclusive((e) => e.releaseSequence(id)).catch(() => undefined);
-    throw err;
-  }
-  return id;
 }
 
 export async function runPrompt(
@@ -316,54 +323,33 @@ export async function runPrompt(
     });
   if (budget === 0) return result(empty('length'), 0);
   if (opts.signal?.aborted) return result(empty('abort'), 0);
-  // Wait for room in the KV cache: P - 1 prompt positions shared, each sequence grows to
+  // Wait for room in the KV cache: the P prompt positions shared, each sequence grows to
   // P + budget - 1 (its last sampled token is never fed).
   const P = promptTokens.length;
-  const reservation = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, n), n, opts.signal);
+  const reservation = await admission.acquire('generate', admission.blocksFor(P, P + budget - 1, n), n, opts.signal);
   if (!reservation) return result(empty('abort'), 0);
   // A sequence that ends early (eos, stop, abort) returns its own blocks at once; the prompt's
   // shared blocks go back when the last one ends. Its native release runs between steps, before
   // any request admitted with those blocks gets a native sequence (scheduler order), so the
   // blocks really in use never exceed the budget.
-  const ownBlocks = admission.blocksFor(P - 1, P + budget - 1, 1) - admission.blocksFor(P - 1, P - 1, 0);
+  const ownBlocks = admission.blocksFor(P, P + budget - 1, 1) - admission.blocksFor(P, P, 0);
   try {
-    // n > 1: the prompt but its last token goes into one sequence; forks share that KV cache;
-    // each then feeds the last prompt token and samples its own continuation. A lone sequence
-    // feeds the whole prompt and samples in the same step (one step sooner to the first token:
-    // a batch-1 step reads every weight once, ~24 ms for the 124M model in f32 on 2 cores).
-    const parent = n === 1
-      ? await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)))
-      : await prefillPrompt(scheduler, promptTokens, seedFor(opts.seed, 0), opts.signal);
-    const releaseAll = (ids: number[]) =>
-      scheduler.exclusive((e) => ids.forEach((id) => e.releaseSequence(id))).catch(() => undefined);
-    let ids: number[];
-    try {
-      ids = await scheduler.exclusive((e) => {
-        const forks: number[] = [parent];
-        try {
-          for (let i = 1; i < n && !opts.signal?.aborted; i++) forks.push(e.forkSequence(parent, seedFor(opts.seed, i)));
-        } catch (err) {
-          forks.forEach((id) => e.releaseSequence(id));
-          throw err;
-        }
-        return forks;
-      });
-    } catch (err) {
-      void releaseAll([parent]);
-      throw err;
-    }
-    if (opts.signal?.aborted) {
-      void releaseAll(ids);
-      return result(empty('abort'), 0);
-    }
+    // The whole prompt goes into one sequence in one step, which samples its first token and
+    // makes the other n - 1 sequences: forks sharing its KV cache, each sampling its own first
+    // token from the same logits row with its own generator (no step of its own for the prompt's
+    // last token: that would read every weight once more, ~17-24 ms for the 124M f32 model).
+    const parent = await scheduler.exclusive((e) => e.newSequence(seedFor(opts.seed, 0)));
     const minNew = minNewTokensFor(opts, P, budget);
-    const runs = ids.map((id, i) =>
-      new SequenceRun(id, i, promptTokens, budget, minNew, ctx, opts, onChunk, n === 1 ? promptTokens : undefined));
+    const runs = Array.from({ length: n }, (_, i) =>
+      new SequenceRun(i === 0 ? parent : -1, i, promptTokens, budget, minNew, ctx, opts, i === 0 ? promptTokens : [], onChunk));
+    runs[0].forkSeeds = runs.slice(1).map((r) => seedFor(opts.seed, r.index));
+    runs[0].forkRuns = runs.slice(1);
     for (const r of runs) r.onEnd = () => reservation.returnPart(ownBlocks, 1);
     const onAbort = () => runs.forEach((r) => r.abort());
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      runs.forEach((r) => scheduler.add(r));
+      if (opts.signal?.aborted) onAbort();
+      else scheduler.add(runs[0]);
       await Promise.all(runs.map((r) => r.finished));
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);

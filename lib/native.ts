@@ -50,6 +50,13 @@ export interface NativeStepRequest {
   /** Tokens that may not be sampled, item by item (bannedCounts[i] of them for item i). */
   banned: Int32Array;
   bannedCounts: Int32Array;
+  /**
+   * Seeds of forks to make from a sampled item after its tokens are in, item by item
+   * (forkCounts[i] of them for item i): each fork shares the item's KV cache and takes its first
+   * token from the same logits row with its own generator.
+   */
+  forkSeeds: Float64Array;
+  forkCounts: Int32Array;
 }
 
 export interface NativeStepResult {
@@ -59,6 +66,9 @@ export interface NativeStepResult {
   logits: Float32Array;
   /** per logits row: log(sum(exp(row))), so row - logsumexp is its log-softmax */
   logsumexp: Float64Array;
+  /** the new forks' ids, item by item in forkSeeds order, and their first tokens */
+  forkIds: Int32Array;
+  forkSampled: Int32Array;
 }
 
 export interface NativeEngine {

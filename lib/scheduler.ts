@@ -27,10 +27,21 @@ export interface ActiveSequence {
   /** Set by the owner to leave the batch before the next step. */
   cancelled: boolean;
   /**
+   * Seeds of sequences to fork from this one in the next step that samples it (its prompt's
+   * last step), each taking its own first token from the same logits; see onForked, where the
+   * owner clears it.
+   */
+  forkSeeds?: readonly number[];
+  /**
    * After each step it took part in. drained: pending is empty; sampled: the new token or -1;
    * logits: the requested rows, and logsumexp: their log-softmax normalisers (one per row).
    */
   onStep(sampled: number, logits: Float32Array | null, drained: boolean, logsumexp: Float64Array | null): void;
+  /**
+   * Before onStep of the step that made this sequence's forks (forkSeeds): their native ids and
+   * first tokens, in seed order. The owner now holds those sequences (and must release them).
+   */
+  onForked?(ids: Int32Array, sampled: Int32Array): void;
   onError(err: unknown): void;
 }
 
@@ -92,8 +103,9 @@ export class Scheduler {
         const batch = this.takeBatch();
         if (batch.length === 0) continue;
         let result;
+        const req = this.request(batch);
         try {
-          result = await this.engine.step(this.request(batch));
+          result = await this.engine.step(req);
         } catch (err) {
           const e = wrapNativeError(err);
           for (const { seq } of batch) {
@@ -104,12 +116,18 @@ export class Scheduler {
         }
         if (this.closed) break;
         let row = 0;
+        let fork = 0;
         batch.forEach(({ seq, take }, i) => {
+          const forks = req.forkCounts[i];
+          const forkIds = result.forkIds.subarray(fork, fork + forks);
+          const forkSampled = result.forkSampled.subarray(fork, fork + forks);
+          fork += forks;
           const rows = seq.logits === LogitsMode.All ? take : seq.logits === LogitsMode.Last ? 1 : 0;
           const logits = rows > 0 ? result.logits.subarray(row * this.vocabSize, (row + rows) * this.vocabSize) : null;
           const lse = rows > 0 ? result.logsumexp.subarray(row, row + rows) : null;
           row += rows;
           try {
+            if (forks > 0) seq.onForked!(forkIds, forkSampled);
             seq.onStep(result.sampled[i], logits, seq.pending.length === 0, lse);
           } catch (err) {
             seq.cancelled = true;
@@ -149,6 +167,8 @@ export class Scheduler {
     const total = batch.reduce((s, b) => s + b.take, 0);
     const sampled = (seq: ActiveSequence) => seq.pending.length === 0 && seq.sample;
     const totalBanned = batch.reduce((s, b) => s + (sampled(b.seq) ? b.seq.banned.length : 0), 0);
+    const forkSeeds = (seq: ActiveSequence) => (sampled(seq) && seq.onForked ? seq.forkSeeds ?? [] : []);
+    const totalForks = batch.reduce((s, b) => s + forkSeeds(b.seq).length, 0);
     const req: NativeStepRequest = {
       seqs: new Int32Array(n),
       counts: new Int32Array(n),
@@ -158,9 +178,12 @@ export class Scheduler {
       params: new Float32Array(PARAMS_PER_ITEM * n),
       banned: new Int32Array(totalBanned),
       bannedCounts: new Int32Array(n),
+      forkSeeds: new Float64Array(totalForks),
+      forkCounts: new Int32Array(n),
     };
     let offset = 0;
     let bannedOffset = 0;
+    let forkOffset = 0;
     batch.forEach(({ seq, tokens, take }, i) => {
       req.seqs[i] = seq.id;
       req.counts[i] = take;
@@ -174,6 +197,10 @@ export class Scheduler {
         req.bannedCounts[i] = seq.banned.length;
         bannedOffset += seq.banned.length;
       }
+      const seeds = forkSeeds(seq);
+      req.forkSeeds.set(seeds, forkOffset);
+      req.forkCounts[i] = seeds.length;
+      forkOffset += seeds.length;
     });
     return req;
   }

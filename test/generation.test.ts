@@ -121,22 +121,31 @@ describe('batching and concurrency', () => {
     expect(mixed.sequences[0].tokens).toEqual(alone);
   });
 
-  test('a lone sequence takes its first token from the prompt step; forks feed the last token again', async () => {
-    // numReturnSequences 1 feeds the whole prompt in one step and samples there; n > 1 prefills
-    // all but the last token once, forks, and each fork feeds it. Same seed, same first
-    // sequence either way (the kernels are batch invariant), and one native step fewer alone.
+  test('the prompt step gives every sequence its first token, alone or forked (numReturnSequences)', async () => {
+    // The whole prompt goes in one step, which samples the first sequence's first token and
+    // forks the others, each sampling its own from the same logits row: one native step to the
+    // first tokens however many sequences, then one batched step per further token. Same seed,
+    // same first sequence either way.
     const m = await freshModel(TINY);
+    const blocksInUse = () => (m as unknown as { engine: { kvBlocksInUse(): number } }).engine.kvBlocksInUse();
     try {
       const s = { doSample: true, topK: 0, seed: 77, maxNewTokens: 1 };
       const prompt = tokenSequence(12, 6);
       const alone = await countingSteps(m, () => m.generate(prompt, s));
       expect(alone.steps).toBe(1);
       const forked = await countingSteps(m, () => m.generate(prompt, { ...s, numReturnSequences: 3 }));
-      expect(forked.steps).toBe(2);
+      expect(forked.steps).toBe(1);
+      expect(forked.result.sequences.map((q) => q.tokens.length)).toEqual([1, 1, 1]);
       expect(forked.result.sequences[0].tokens).toEqual(alone.result.sequences[0].tokens);
+      const four = await countingSteps(m, () => m.generate(prompt, { ...s, maxNewTokens: 4, numReturnSequences: 3 }));
+      expect(four.steps).toBe(4);
+      // each fork draws with its own generator: 3 x 4 near-uniform draws, all equal with p ~ 0
+      expect(new Set(four.result.sequences.map((q) => q.tokens.join(','))).size).toBeGreaterThan(1);
       const longer = { ...s, maxNewTokens: 10 };
       expect((await m.generate(prompt, { ...longer, numReturnSequences: 2 })).sequences[0])
         .toEqual((await m.generate(prompt, longer)).sequences[0]);
+      await new Promise((r) => setTimeout(r, 10)); // releases run between steps, after the results
+      expect(blocksInUse()).toBe(0);
     } finally {
       m.dispose();
     }
@@ -618,6 +627,11 @@ describe('broken weights', () => {
       const err = await rejection(m.generate(tokenSequence(5, 3), greedy({ maxNewTokens: 2 })));
       expect((err as LlmcoreError).code).toBe('E_INTERNAL');
       expect((err as Error).message).toMatch(/not finite/);
+      // the same with forks made in the failing step: the error, and none of them left behind
+      const forked = await rejection(m.generate(tokenSequence(5, 3), { doSample: true, maxNewTokens: 2, numReturnSequences: 3 }));
+      expect((forked as LlmcoreError).code).toBe('E_INTERNAL');
+      await new Promise((r) => setTimeout(r, 10));
+      expect((m as unknown as { engine: { kvBlocksInUse(): number } }).engine.kvBlocksInUse()).toBe(0);
       // the logits themselves come back as they are: NaN at 7 only
       const logits = await m.logits(tokenSequence(5, 3));
       expect(Number.isNaN(logits[7])).toBe(true);

@@ -35,6 +35,7 @@ template <class T> constexpr napi_typedarray_type array_type();
 template <> constexpr napi_typedarray_type array_type<int32_t>() { return napi_int32_array; }
 template <> constexpr napi_typedarray_type array_type<uint8_t>() { return napi_uint8_array; }
 template <> constexpr napi_typedarray_type array_type<float>() { return napi_float32_array; }
+template <> constexpr napi_typedarray_type array_type<double>() { return napi_float64_array; }
 
 template <class T>
 Napi::TypedArrayOf<T> typed(const Napi::Object& o, const char* key) {
@@ -79,6 +80,12 @@ class StepWorker : public PromiseWorker {
     auto lse = Napi::Float64Array::New(env, out_.logsumexp.size());
     std::copy(out_.logsumexp.begin(), out_.logsumexp.end(), lse.Data());
     res.Set("logsumexp", lse);
+    auto fork_ids = Napi::Int32Array::New(env, out_.fork_ids.size());
+    std::copy(out_.fork_ids.begin(), out_.fork_ids.end(), fork_ids.Data());
+    res.Set("forkIds", fork_ids);
+    auto fork_sampled = Napi::Int32Array::New(env, out_.fork_sampled.size());
+    std::copy(out_.fork_sampled.begin(), out_.fork_sampled.end(), fork_sampled.Data());
+    res.Set("forkSampled", fork_sampled);
     return res;
   }
 
@@ -207,7 +214,8 @@ Napi::Value EngineWrap::kv_blocks_in_use(const Napi::CallbackInfo& info) {
 
 // step({seqs: Int32Array, counts: Int32Array, tokens: Int32Array, logits: Uint8Array,
 //       sample: Uint8Array, params: Float32Array(kParamsPerItem per item), banned: Int32Array,
-//       bannedCounts: Int32Array(1 per item)}) -> Promise<{sampled, logits, logsumexp}>
+//       bannedCounts: Int32Array(1 per item), forkSeeds: Float64Array, forkCounts: Int32Array(1 per
+//       item)}) -> Promise<{sampled, logits, logsumexp, forkIds, forkSampled}>
 Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = engine(env);
@@ -221,10 +229,15 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   auto params = typed<float>(req, "params");
   auto banned = typed<int32_t>(req, "banned");
   auto banned_counts = typed<int32_t>(req, "bannedCounts");
+  auto fork_seeds = typed<double>(req, "forkSeeds");
+  auto fork_counts = typed<int32_t>(req, "forkCounts");
   const size_t n = seqs.ElementLength();
   if (counts.ElementLength() != n || logits.ElementLength() != n || sample.ElementLength() != n ||
-      params.ElementLength() != kParamsPerItem * n || banned_counts.ElementLength() != n)
-    throw_js(env, E_OPTION, "[native] step: seqs, counts, logits, sample, params, bannedCounts lengths disagree");
+      params.ElementLength() != kParamsPerItem * n || banned_counts.ElementLength() != n ||
+      fork_counts.ElementLength() != n)
+    throw_js(env, E_OPTION,
+             "[native] step: seqs, counts, logits, sample, params, bannedCounts, forkCounts lengths disagree");
+  size_t fork_offset = 0;
   size_t banned_offset = 0;
   std::vector<StepItem> items(n);
   size_t offset = 0;
@@ -252,10 +265,22 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
       throw_js(env, E_OPTION, "[native] step: bannedCounts exceed the banned array");
     it.params.banned.assign(banned.Data() + banned_offset, banned.Data() + banned_offset + nb);
     banned_offset += size_t(nb);
+    const int32_t nf = fork_counts[i];
+    if (nf < 0 || fork_offset + size_t(nf) > fork_seeds.ElementLength())
+      throw_js(env, E_OPTION, "[native] step: forkCounts exceed the forkSeeds array");
+    for (int32_t j = 0; j < nf; j++) {
+      const double d = fork_seeds[fork_offset + size_t(j)];
+      if (!(d >= 0 && d <= 9007199254740991.0))
+        throw_js(env, E_OPTION, "[native] step: a fork seed is not an integer in [0, 2^53)");
+      it.fork_seeds.push_back(uint64_t(d));
+    }
+    fork_offset += size_t(nf);
   }
   if (offset != tokens.ElementLength()) throw_js(env, E_OPTION, "[native] step: counts do not cover tokens");
   if (banned_offset != banned.ElementLength())
     throw_js(env, E_OPTION, "[native] step: bannedCounts do not cover banned");
+  if (fork_offset != fork_seeds.ElementLength())
+    throw_js(env, E_OPTION, "[native] step: forkCounts do not cover forkSeeds");
   auto* worker = new StepWorker(env, e, std::move(items));
   Napi::Promise p = worker->promise();
   worker->Queue();

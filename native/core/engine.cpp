@@ -44,6 +44,10 @@ int32_t Engine::new_sequence(uint64_t seed) {
 
 int32_t Engine::fork_sequence(int32_t parent_id, uint64_t seed) {
   auto lock = lock_or_throw("fork sequence");
+  return fork_locked(parent_id, seed);
+}
+
+int32_t Engine::fork_locked(int32_t parent_id, uint64_t seed) {
   const Sequence& parent = get(parent_id, "fork sequence");
   Sequence child;
   child.tokens = parent.tokens;
@@ -69,6 +73,10 @@ int32_t Engine::fork_sequence(int32_t parent_id, uint64_t seed) {
 
 void Engine::release_sequence(int32_t id) {
   auto lock = lock_or_throw("release sequence");
+  release_locked(id);
+}
+
+void Engine::release_locked(int32_t id) {
   Sequence& s = get(id, "release sequence");
   for (int32_t b : s.blocks) kv_->release(b);
   seqs_.erase(id);
@@ -106,6 +114,8 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
     if (len > cfg.n_positions)
       throw Error(E_OPTION, "[engine] step: sequence of " + std::to_string(len) +
                                 " tokens exceeds n_positions=" + std::to_string(cfg.n_positions));
+    if (!it.fork_seeds.empty() && !it.sample)
+      throw Error(E_OPTION, "[engine] step: sequence " + std::to_string(it.seq) + " forks without sampling");
     M += int64_t(it.tokens.size());
   }
   if (items.empty()) return {};
@@ -154,7 +164,6 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
   // 4) Extend the sequences; return the requested rows (copied before sampling changes them).
   StepResult result;
   result.sampled.assign(items.size(), -1);
-  std::vector<int> to_sample;
   for (size_t i = 0; i < items.size(); i++) {
     const StepItem& it = items[i];
     Sequence& s = seqs_[it.seq];
@@ -167,29 +176,62 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
       backend_->logsumexp_rows(logits + int64_t(first_out[i]) * V, int(n_out[i]), V,
                                result.logsumexp.data() + result.logsumexp.size() - n_out[i]);
     }
-    if (it.sample) to_sample.push_back(int(i));
   }
-  auto sample_one = [&](int64_t j, int tid) {
-    const size_t i = size_t(to_sample[size_t(j)]);
-    Sequence& s = seqs_.find(items[i].seq)->second;  // lookup only: safe from pool threads
-    result.sampled[i] = samplers_[size_t(tid)].pick(logits + int64_t(first_out[i] + n_out[i] - 1) * V, V,
-                                                    items[i].params, s.tokens, s.rng);
+  // 5) The forks, each with its own copy of the parent's row (sampling edits a row in place).
+  std::vector<float> fork_rows;
+  size_t n_forks = 0;
+  for (const StepItem& it : items) n_forks += it.fork_seeds.size();
+  fork_rows.resize(n_forks * size_t(V));
+  struct Pick {
+    float* row;
+    const SamplingParams* params;
+    int32_t seq;
+    int32_t* out;
   };
-  ThreadPool* pool = backend_->host_pool();
-  if (pool && to_sample.size() > 1) {
-    // Sampler errors (NaN logits) must not escape a pool task: collect and rethrow here.
-    std::vector<std::string> errors(to_sample.size());
-    pool->parallel_for(int64_t(to_sample.size()), [&](int64_t j, int tid) {
-      try {
-        sample_one(j, tid);
-      } catch (const std::exception& e) {
-        errors[size_t(j)] = e.what();
+  std::vector<Pick> picks;
+  result.fork_ids.reserve(n_forks);
+  result.fork_sampled.assign(n_forks, -1);
+  // A failure from here on (no KV block for a fork, NaN logits) releases the forks made so far:
+  // their ids never reach the caller.
+  try {
+    size_t f = 0;
+    for (size_t i = 0; i < items.size(); i++) {
+      const StepItem& it = items[i];
+      if (!it.sample) continue;
+      float* row = logits + int64_t(first_out[i] + n_out[i] - 1) * V;
+      for (uint64_t seed : it.fork_seeds) {
+        result.fork_ids.push_back(fork_locked(it.seq, seed));
+        float* copy = fork_rows.data() + f * size_t(V);
+        std::copy(row, row + V, copy);
+        picks.push_back(Pick{copy, &it.params, result.fork_ids[f], &result.fork_sampled[f]});
+        f++;
       }
-    });
-    for (const auto& e : errors)
-      if (!e.empty()) throw Error(E_INTERNAL, e);
-  } else {
-    for (size_t j = 0; j < to_sample.size(); j++) sample_one(int64_t(j), 0);
+      picks.push_back(Pick{row, &it.params, it.seq, &result.sampled[i]});
+    }
+    auto sample_one = [&](int64_t j, int tid) {
+      const Pick& pk = picks[size_t(j)];
+      Sequence& s = seqs_.find(pk.seq)->second;  // lookup only: safe from pool threads
+      *pk.out = samplers_[size_t(tid)].pick(pk.row, V, *pk.params, s.tokens, s.rng);
+    };
+    ThreadPool* pool = backend_->host_pool();
+    if (pool && picks.size() > 1) {
+      // Sampler errors (NaN logits) must not escape a pool task: collect and rethrow here.
+      std::vector<std::string> errors(picks.size());
+      pool->parallel_for(int64_t(picks.size()), [&](int64_t j, int tid) {
+        try {
+          sample_one(j, tid);
+        } catch (const std::exception& e) {
+          errors[size_t(j)] = e.what();
+        }
+      });
+      for (const auto& e : errors)
+        if (!e.empty()) throw Error(E_INTERNAL, e);
+    } else {
+      for (size_t j = 0; j < picks.size(); j++) sample_one(int64_t(j), 0);
+    }
+  } catch (...) {
+    for (int32_t id : result.fork_ids) release_locked(id);
+    throw;
   }
   return result;
 }

@@ -34,12 +34,18 @@ struct StepItem {
   LogitsMode logits = LogitsMode::None;
   bool sample = false;             // pick the next token from the last position's logits
   SamplingParams params;
+  // With sample: after this item's tokens are in, fork one sequence per seed (as fork_sequence
+  // would, sharing the KV cache) and pick each fork's first token from the same last-position
+  // logits with its own generator and these params: n continuations of a prompt from one pass.
+  std::vector<uint64_t> fork_seeds;
 };
 
 struct StepResult {
   std::vector<int32_t> sampled;    // per item; -1 where not sampled
   std::vector<float> logits;       // the requested rows, item by item, (rows, V)
   std::vector<double> logsumexp;   // per row of logits: log(sum(exp(row))), the log-softmax normaliser
+  std::vector<int32_t> fork_ids;      // the forks of fork_seeds, item by item, in seed order
+  std::vector<int32_t> fork_sampled;  // their first tokens
 };
 
 class Engine {
@@ -76,6 +82,8 @@ class Engine {
   };
   Engine() = default;
   Sequence& get(int32_t id, const char* what);
+  int32_t fork_locked(int32_t parent, uint64_t seed);  // fork_sequence with mu_ held
+  void release_locked(int32_t id);                     // release_sequence with mu_ held
   std::unique_lock<std::mutex> lock_or_throw(const char* what);
 
   // Declaration order is destruction order in reverse: the backend outlives what it allocated.
