@@ -543,6 +543,37 @@ describe('stream()', () => {
     expect(s.tokens.length).toBeLessThan(120);
   });
 
+  test('aborted while the prompt step that makes the forks runs: all end, none left behind', async () => {
+    const m = await freshModel(TINY);
+    try {
+      const ac = new AbortController();
+      // abort from inside the first native step call, so its result (with the forks) comes back
+      // to sequences that have already ended
+      const scheduler = (m as unknown as { scheduler: { engine: Record<string, unknown> } }).scheduler;
+      const engine = scheduler.engine;
+      scheduler.engine = new Proxy(engine, {
+        get(target, key: string) {
+          const v = target[key] as (...a: unknown[]) => unknown;
+          if (typeof v !== 'function') return v;
+          return (...a: unknown[]) => {
+            if (key === 'step') ac.abort();
+            return v.apply(target, a);
+          };
+        },
+      });
+      const r = await m.generate('Abort the forks', { doSample: true, maxNewTokens: 20, numReturnSequences: 3, signal: ac.signal });
+      scheduler.engine = engine;
+      expect(r.sequences.map((q) => q.finishReason)).toEqual(['abort', 'abort', 'abort']);
+      expect(r.sequences.every((q) => q.tokens.length === 0)).toBe(true);
+      await new Promise((res) => setTimeout(res, 20)); // releases run between steps
+      expect((engine as unknown as { kvBlocksInUse(): number }).kvBlocksInUse()).toBe(0);
+      const after = await m.generate('Still works', { doSample: true, maxNewTokens: 3, numReturnSequences: 2 });
+      expect(after.sequences[1].tokens).toHaveLength(3);
+    } finally {
+      m.dispose();
+    }
+  });
+
   test('breaking out of for-await ends generation; the model stays usable and frees its KV blocks', async () => {
     const m = await freshModel(TINY);
     try {
