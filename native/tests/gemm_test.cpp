@@ -589,6 +589,7 @@ void bench(ThreadPool& pool, const std::string& only) {
   std::printf("before: load average %s; cpu busy (other processes) %.0f%% over 1 s\n",
               loadavg().c_str(), 100 * cpu_busy_fraction(1.0));
   const double peak0 = measure_peak_fma_gflops(pool);
+  const double peak_bf16_0 = measure_peak_bf16_gflops(pool);
   const double bw0 = measure_read_bandwidth_gbs(pool);
   static const BenchShape shapes[] = {
       {"prefill qkv", 512, 768, 2304}, {"prefill attn.proj", 512, 768, 768},
@@ -667,18 +668,25 @@ void bench(ThreadPool& pool, const std::string& only) {
     }
   }
   const double peak1 = measure_peak_fma_gflops(pool);
+  const double peak_bf16_1 = measure_peak_bf16_gflops(pool);
   const double bw1 = measure_read_bandwidth_gbs(pool);
   // The denominators are maxima: the better of the measurements before and after the runs.
-  const double peak = std::max(peak0, peak1), bw = std::max(bw0, bw1);
+  const double peak_f32 = std::max(peak0, peak1), bw = std::max(bw0, bw1);
+  // bf16 weights on AVX512_BF16 run on vdpbf16ps: their compute roof is its measured peak.
+  const double peak_bf16 = bf16_dot_product(isa) ? std::max(peak_bf16_0, peak_bf16_1) : peak_f32;
   std::printf("after:  load average %s; cpu busy (other processes) %.0f%% over 1 s\n",
               loadavg().c_str(), 100 * cpu_busy_fraction(1.0));
   std::printf("roofline: peak FMA %.1f GFLOP/s (before %.1f, after %.1f); streaming read %.2f GB/s "
               "(before %.2f, after %.2f; 1 GiB, best of 1/2/4/8 streams per thread)\n",
-              peak, peak0, peak1, bw, bw0, bw1);
+              peak_f32, peak0, peak1, bw, bw0, bw1);
+  if (bf16_dot_product(isa))
+    std::printf("bf16 rows: against the bf16 dot-product peak %.1f GFLOP/s (vdpbf16ps; before %.1f, after %.1f)\n",
+                peak_bf16, peak_bf16_0, peak_bf16_1);
   std::printf("%-18s %-5s %-4s %9s %7s %9s %7s %10s  %s\n", "shape", "dtype", "W", "GFLOP/s",
               "%peak", "W GB/s", "%bw", "best-of-5", "target");
   for (const BenchRow& r : rows) {
     const BenchShape& bs = *r.shape;
+    const double peak = r.dtype == DType::BF16 ? peak_bf16 : peak_f32;
     const double flop = 2.0 * double(bs.M) * double(bs.N) * double(bs.K);
     const double gf = flop / r.t_med * 1e-9, gb = double(r.wbytes) / r.t_med * 1e-9;
     const double gf_best = flop / r.t_best * 1e-9, gb_best = double(r.wbytes) / r.t_best * 1e-9;
