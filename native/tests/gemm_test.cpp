@@ -5,6 +5,8 @@
 //   gemm_test --test     tests only          gemm_test --bench    benchmark only
 //   gemm_test --quick    fewer shapes (CI smoke)
 //   gemm_test --bench --only=lm_head    benchmark the shapes whose name contains "lm_head"
+//   gemm_test --gemv-vs-read   the batch-1 GEMV over the 124M layer shapes against a plain read
+//                              of the same bytes, round by round (the host's bandwidth moves)
 //
 // Correctness: every output is compared against a plain double-precision reference computed
 // here (y = sum_k x*w in double, on the weights as rounded to the compute dtype), with an error
@@ -716,10 +718,73 @@ void bench(ThreadPool& pool, const std::string& only) {
   }
 }
 
+// The batch-1 GEMV against the memory system as it is at that moment: 48 packed weights of the
+// 124M layer shapes (far over any L3), one GEMV pass over all, then a plain 1-stream-per-thread
+// read of the same bytes, alternating for 40 rounds. On a shared host the bandwidth left to us
+// has been seen to sit near 30 GB/s for minutes and near 55 for the next, so the per-round ratio
+// says more about the kernel than either figure alone.
+void bench_gemv_vs_read(ThreadPool& pool) {
+  const Isa isa = best_isa();
+  if (isa == Isa::Scalar) {
+    std::printf("gemv-vs-read: NOT_SUPPORTED (scalar kernels only: no vector read loop)\n");
+    return;
+  }
+  struct Shape { int64_t n, k; } const shapes[] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
+  std::vector<float> src(size_t(3072) * 3072);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  for (auto& v : src) v = nd(rng);
+  std::vector<float> x(3072, 0.01f), y(3072);
+  for (DType cd : {DType::F32, DType::BF16}) {
+    std::vector<std::unique_ptr<PackedWeight>> ws;
+    size_t total = 0;
+    for (int rep = 0; rep < 12; ++rep)
+      for (const Shape& sh : shapes) {
+        ws.push_back(pack_weight(WeightView{src.data(), DType::F32, sh.n, sh.k, true, "w"}, cd, isa, pool, g_arena));
+        total += ws.back()->bytes;
+      }
+    std::atomic<uint64_t> sink{0};
+    auto read_all = [&] {
+      for (const auto& w : ws) {
+        const size_t share = w->bytes / size_t(pool.size()) / 4096 * 4096;
+        if (share == 0) continue;
+        pool.parallel_for(pool.size(), [&](int64_t i, int) {
+          const char* p = static_cast<const char*>(w->data) + size_t(i) * share;
+          const double v = isa == Isa::Avx512 ? kern::avx512_read_sum(p, share, 1, 0) : kern::avx2_read_sum(p, share, 1, 0);
+          sink.fetch_add(uint64_t(v != 0), std::memory_order_relaxed);
+        });
+      }
+    };
+    auto gemv_all = [&] {
+      for (const auto& w : ws) gemm(x.data(), w->k, 1, *w, nullptr, y.data(), Epilogue::Store, pool);
+    };
+    std::vector<double> gemv_gbs, read_gbs, ratio;
+    for (int round = 0; round < 42; ++round) {
+      double t0 = now_s();
+      gemv_all();
+      const double g = double(total) / (now_s() - t0) * 1e-9;
+      t0 = now_s();
+      read_all();
+      const double r = double(total) / (now_s() - t0) * 1e-9;
+      if (round < 2) continue;  // warm-up: page faults, TLBs
+      gemv_gbs.push_back(g);
+      read_gbs.push_back(r);
+      ratio.push_back(g / r);
+    }
+    std::vector<double> q = ratio;
+    std::sort(q.begin(), q.end());
+    std::printf("gemv-vs-read %-4s (%s, %zu weights, %.0f MB): GEMV median %.1f GB/s, plain read median %.1f GB/s; "
+                "per-round GEMV/read median %.3f (p25 %.3f, p75 %.3f; reads %.1f-%.1f GB/s)\n",
+                dtype_name(cd), isa_name(isa), ws.size(), double(total) / 1e6, median(gemv_gbs), median(read_gbs),
+                q[q.size() / 2], q[q.size() / 4], q[3 * q.size() / 4],
+                *std::min_element(read_gbs.begin(), read_gbs.end()), *std::max_element(read_gbs.begin(), read_gbs.end()));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool do_test = true, do_bench = true, quick = false;
+  bool do_test = true, do_bench = true, quick = false, gemv_vs_read = false;
   int threads = 2;
   std::string only;  // bench only the shapes whose name contains this
   for (int i = 1; i < argc; ++i) {
@@ -727,10 +792,11 @@ int main(int argc, char** argv) {
     if (a == "--test") do_bench = false;
     else if (a == "--bench") do_test = false;
     else if (a == "--quick") quick = true;
+    else if (a == "--gemv-vs-read") gemv_vs_read = true, do_test = do_bench = false;
     else if (a.rfind("--threads=", 0) == 0) threads = std::atoi(a.c_str() + 10);
     else if (a.rfind("--only=", 0) == 0) only = a.substr(7);
     else {
-      std::fprintf(stderr, "usage: gemm_test [--test|--bench] [--quick] [--threads=N] [--only=SHAPE]\n");
+      std::fprintf(stderr, "usage: gemm_test [--test|--bench|--gemv-vs-read] [--quick] [--threads=N] [--only=SHAPE]\n");
       return 2;
     }
   }
@@ -748,6 +814,7 @@ int main(int argc, char** argv) {
                   g_failures);
     }
     if (do_bench) bench(pool, only);
+    if (gemv_vs_read) bench_gemv_vs_read(pool);
   } catch (const Error& e) {
     std::fprintf(stderr, "error %s: %s\n", e.code(), e.what());
     return 1;
