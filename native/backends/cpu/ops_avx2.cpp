@@ -2,6 +2,7 @@
 // (native/sources/avx2.txt); see ops_ref.cpp for the plain versions they must match.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -240,6 +241,16 @@ static inline void attend_one_row(const float* q, const HeadRows<E>& keys, const
                                   int64_t n, int64_t HS, float* p, float* dst) {
   const __m256 scale = _mm256_set1_ps(1.0f / std::sqrt(float(HS)));
   const int64_t n_blocks = (n + 15) / 16;
+  // The value pass below walks each block's 16 V rows (one 4 KB run per block for f32, HS 64),
+  // a fresh stream for the hardware prefetcher every block. Touching each block's first row
+  // now, before the scores, hides those restarts: batch-32 decode attention (bf16 124M, Zen 4,
+  // 8 alternating process pairs) median 5.38 -> 4.96 ms per step; the first 8 lines: no better;
+  // the next head's K blocks likewise: no gain.
+  const int64_t first_row_lines = std::min<int64_t>(4, (HS * int64_t(sizeof(E)) + 63) / 64);
+  for (int64_t vb = 0; vb < n_blocks; vb++) {
+    const char* v0 = reinterpret_cast<const char*>(values.block(vb));
+    for (int64_t l = 0; l < first_row_lines; l++) _mm_prefetch(v0 + 64 * l, _MM_HINT_T0);
+  }
   int64_t b = 0;
   for (; b + 4 <= n_blocks; b += 4) scores_to_row<4, E>(q, keys, b, HS, scale, p);  // 8 FMA chains
   for (; b + 2 <= n_blocks; b += 2) scores_to_row<2, E>(q, keys, b, HS, scale, p);
