@@ -271,20 +271,28 @@ void avx512_gelu(const float* in, float* out, int64_t n) {
   }
 }
 
-double avx512_fma_loop(int64_t iters, float* sink) {
-  // 16 independent zmm chains (latency 4 x 2 FMA units = 8 needed).
-  const __m512 b = _mm512_set1_ps(0.999999f), d = _mm512_set1_ps(1e-6f);
+namespace {
+// 16 independent zmm accumulator chains, each advanced by step(acc) per iteration (latency 4-6
+// x 2 pipes needs >= 8-12 in flight); their sum goes to *sink so nothing is optimized away.
+template <class Step>
+inline void run_chains(int64_t iters, float* sink, Step step) {
   __m512 a[16];
 #pragma GCC unroll 16
   for (int j = 0; j < 16; ++j) a[j] = _mm512_set1_ps(1.0f + 0.1f * float(j));
   for (int64_t i = 0; i < iters; ++i) {
 #pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) a[j] = _mm512_fmadd_ps(a[j], b, d);
+    for (int j = 0; j < 16; ++j) a[j] = step(a[j]);
   }
   __m512 s = a[0];
 #pragma GCC unroll 16
   for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, a[j]);
   *sink = _mm512_reduce_add_ps(s);
+}
+}  // namespace
+
+double avx512_fma_loop(int64_t iters, float* sink) {
+  const __m512 b = _mm512_set1_ps(0.999999f), d = _mm512_set1_ps(1e-6f);
+  run_chains(iters, sink, [&](__m512 acc) { return _mm512_fmadd_ps(acc, b, d); });
   return double(iters) * 16 * 16 * 2;
 }
 
@@ -292,17 +300,7 @@ double avx512_bf16_dot_loop(int64_t iters, float* sink) {
   // bf16 1.0 pairs times values near 0: the accumulators stay finite for any iteration count.
   const __m512bh b = (__m512bh)_mm512_set1_epi32(0x3f803f80);
   const __m512bh d = (__m512bh)_mm512_set1_epi32(0x33d633d6);  // ~1e-7 per half
-  __m512 a[16];
-#pragma GCC unroll 16
-  for (int j = 0; j < 16; ++j) a[j] = _mm512_set1_ps(1.0f + 0.1f * float(j));
-  for (int64_t i = 0; i < iters; ++i) {
-#pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) a[j] = _mm512_dpbf16_ps(a[j], b, d);
-  }
-  __m512 s = a[0];
-#pragma GCC unroll 16
-  for (int j = 1; j < 16; ++j) s = _mm512_add_ps(s, a[j]);
-  *sink = _mm512_reduce_add_ps(s);
+  run_chains(iters, sink, [&](__m512 acc) { return _mm512_dpbf16_ps(acc, b, d); });
   return double(iters) * 16 * 32 * 2;
 }
 
