@@ -73,10 +73,12 @@ test('measureRoofline reports the limits the bench divides by, bf16 only where i
   expect(Number.isFinite(r.peakGflops) && r.peakGflops > 0).toBe(true);
   expect(Number.isFinite(r.readGBs) && r.readGBs > 0).toBe(true);
   if (backendInfo().bf16DotProduct) {
-    // vdpbf16ps does two products per fp32 lane: at least as many flops per instruction as an
-    // FMA (Zen 4 issues it as fast, twice the FMA's flops; slower issue elsewhere stays above half)
+    // vdpbf16ps does twice an FMA's flops per instruction; how fast it issues depends on the
+    // CPU: measured 2.0x the fp32 FMA flops on AMD Zen 4, 0.49x on Intel Xeon (Emerald Rapids,
+    // one per two cycles). Anything outside [0.25x, 4x] would be a broken measurement.
     expect(r.peakBf16Gflops).not.toBeNull();
-    expect(r.peakBf16Gflops!).toBeGreaterThan(0.5 * r.peakGflops);
+    expect(r.peakBf16Gflops!).toBeGreaterThan(0.25 * r.peakGflops);
+    expect(r.peakBf16Gflops!).toBeLessThan(4 * r.peakGflops);
     console.log(`roofline (1 thread): fp32 FMA ${r.peakGflops.toFixed(1)}, bf16 dot ${r.peakBf16Gflops!.toFixed(1)} GFLOP/s`);
   } else {
     expect(r.peakBf16Gflops).toBeNull();
