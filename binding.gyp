@@ -20,9 +20,17 @@
       "cflags_cc!": ["-fno-exceptions", "-O2", "-O0"]
     },
     {
+      "target_name": "llmcore_isa_amx",
+      "type": "static_library",
+      "sources": ["<!@(cat native/sources/amx.txt)"],
+      "include_dirs": ["native"],
+      "cflags_cc": ["<@(llmcore_cflags)", "-std=c++17", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-mfma", "-mf16c"],
+      "cflags_cc!": ["-fno-exceptions", "-O2", "-O0"]
+    },
+    {
       "target_name": "llmcore",
       "sources": ["<!@(cat native/sources/core.txt)", "<!@(cat native/sources/addon.txt)"],
-      "dependencies": ["llmcore_isa_avx2", "llmcore_isa_avx512"],
+      "dependencies": ["llmcore_isa_amx", "llmcore_isa_avx2", "llmcore_isa_avx512"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],

@@ -103,7 +103,7 @@ export interface Roofline {
 
 export interface NativeAddon {
   loadEngine(options: NativeLoadOptions): Promise<NativeEngine>;
-  cpuInfo(): { features: string; isa: string; bf16DotProduct: boolean };
+  cpuInfo(): { features: string; isa: string; bf16DotProduct: boolean; bf16Kernel: 'amx' | 'vdpbf16ps' | 'fma' };
   runBackendOps(quick: boolean): Promise<BackendOpCase[]>;
   measureRoofline(threads: number, bytes: number): Promise<Roofline>;
   interfaceVersion: number;

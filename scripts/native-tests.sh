@@ -10,5 +10,12 @@ cmake -S . -B build-cmake -DCMAKE_BUILD_TYPE=Release -DLLMCORE_ADDON=OFF -DLLMCO
 cmake --build build-cmake -j "$(nproc)" >/dev/null
 ./build-cmake/backend_ops_test | tail -n 3
 ./build-cmake/safetensors_test | tail -n 2
-if [ -x ./build-cmake/gemm_test ]; then ./build-cmake/gemm_test --test --quick | tail -n 3; fi
+if [ -x ./build-cmake/gemm_test ]; then
+  ./build-cmake/gemm_test --test --quick | tail -n 3
+  # On AMX CPUs, once more with every bf16 call on the tile unit (batch 1 included).
+  if grep -q amx_bf16 /proc/cpuinfo 2>/dev/null; then
+    echo "gemm_test with LLMCORE_AMX_MIN_ROWS=1:"
+    LLMCORE_AMX_MIN_ROWS=1 ./build-cmake/gemm_test --test --quick | tail -n 1
+  fi
+fi
 echo "native tests passed (cuda module compiled: $cuda)"

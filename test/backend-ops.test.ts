@@ -72,7 +72,15 @@ test('measureRoofline reports the limits the bench divides by, bf16 only where i
   expect(r.threads).toBe(1);
   expect(Number.isFinite(r.peakGflops) && r.peakGflops > 0).toBe(true);
   expect(Number.isFinite(r.readGBs) && r.readGBs > 0).toBe(true);
-  if (backendInfo().bf16DotProduct) {
+  const { bf16DotProduct, bf16Kernel } = backendInfo();
+  expect(bf16DotProduct).toBe(bf16Kernel !== 'fma');
+  if (bf16Kernel === 'amx') {
+    // One tdpbf16ps does 16 x 16 x 32 products: measured 10x the fp32 FMA flops per core on an
+    // Intel Xeon (Emerald Rapids); under 2x would mean the tiles are not doing the work.
+    expect(r.peakBf16Gflops).not.toBeNull();
+    expect(r.peakBf16Gflops!).toBeGreaterThan(2 * r.peakGflops);
+    console.log(`roofline (1 thread): fp32 FMA ${r.peakGflops.toFixed(1)}, bf16 AMX ${r.peakBf16Gflops!.toFixed(1)} GFLOP/s`);
+  } else if (bf16Kernel === 'vdpbf16ps') {
     // vdpbf16ps does twice an FMA's flops per instruction; how fast it issues depends on the
     // CPU: measured 2.0x the fp32 FMA flops on AMD Zen 4, 0.49x on Intel Xeon (Emerald Rapids,
     // one per two cycles). Anything outside [0.25x, 4x] would be a broken measurement.

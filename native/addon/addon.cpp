@@ -17,6 +17,7 @@ Napi::Value cpu_info(const Napi::CallbackInfo& info) {
   o.Set("features", cpu::cpu_features_string());
   o.Set("isa", std::string(cpu::isa_name(cpu::best_isa())));
   o.Set("bf16DotProduct", cpu::bf16_dot_product(cpu::best_isa()));
+  o.Set("bf16Kernel", std::string(cpu::bf16_kernel(cpu::best_isa())));
   return o;
 }
 

@@ -395,7 +395,7 @@ void test_small_ops(Backend& be, const std::string& name, std::vector<OpCase>& o
 
 std::vector<OpCase> run_backend_ops(bool quick) {
   std::vector<OpCase> out;
-  for (cpu::Isa isa : {cpu::Isa::Scalar, cpu::Isa::Avx2, cpu::Isa::Avx512}) {
+  for (cpu::Isa isa : {cpu::Isa::Scalar, cpu::Isa::Avx2, cpu::Isa::Avx512, cpu::Isa::Amx}) {
     const std::string name = std::string("cpu/") + cpu::isa_name(isa);
     if (!cpu::isa_supported(isa)) {
       OpCase c{name, "*", "-"};
@@ -405,7 +405,7 @@ std::vector<OpCase> run_backend_ops(bool quick) {
       continue;
     }
     cpu::CpuBackend be(2, isa);
-    const bool bf16_dot = isa == cpu::Isa::Avx512 && cpu::cpu_features().avx512bf16;
+    const bool bf16_dot = cpu::bf16_dot_product(isa);
     Rand rng(42);
     try {
       test_layernorm(be, name, out, rng);

@@ -124,7 +124,7 @@ TestWeight make_weight(int64_t N, int64_t K, DType sd, DType cd, bool kn, std::m
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> v;
-  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+  for (Isa i : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx})
     if (isa_supported(i)) v.push_back(i);
   return v;
 }
@@ -340,7 +340,7 @@ void check_case(const Case& cs, std::mt19937& rng, ThreadPool& pool, ThreadPool&
 
   for (Isa isa : supported_isas()) {
     auto pw = pack_weight(tw.view, cs.cd, isa, pool, g_arena);
-    const bool pairs = pw->fmt == kern::kBF16Pairs;
+    const bool pairs = pw->fmt == kern::kBF16Pairs || pw->fmt == kern::kBF16Tiles;
     // fp32 chain error bound: |err| <= K u sum|x w| (u = 2^-24) with slack; the bf16-pairs
     // kernel also rounds x to bf16 (relative 2^-9 per term).
     const double chain_rel = pairs ? std::ldexp(1.0, -8) : (double(K) + 2) * std::ldexp(1.0, -23);
@@ -383,19 +383,29 @@ void check_case(const Case& cs, std::mt19937& rng, ThreadPool& pool, ThreadPool&
               dtype_name(cs.cd), cs.kn, M, N, K, ep_name(ep), with_bias, bad_bits);
 
         // Batch invariance: each row alone (M = 1), a sub-batch at an offset, other thread
-        // counts. All must be bitwise equal to the batched result.
+        // counts. All must be bitwise equal to the batched result. AMX weights (gemm.h) are
+        // invariant on each side of amx_min_rows(): a row of a batch that large is checked as
+        // the first row of a batch of exactly amx_min_rows() rows (the others: rows after it).
         if (!full_invariance && !(with_bias == 1)) continue;
-        std::vector<float> one(static_cast<size_t>(N));
+        const int amx_rows = pw->fmt == kern::kBF16Tiles && M >= amx_min_rows() ? amx_min_rows() : 1;
+        std::vector<float> one(size_t(amx_rows) * size_t(N));
+        std::vector<float> xs(size_t(amx_rows) * size_t(ldx));
         int diff_rows = 0;
         for (int m = 0; m < M; ++m) {
-          if (ep == Epilogue::AddTo) std::copy(&y0[size_t(m * N)], &y0[size_t(m * N + N)], one.begin());
-          gemm(&x[size_t(m * ldx)], ldx, 1, *pw, b, one.data(), ep, pool);
+          for (int i = 0; i < amx_rows; ++i) {
+            const int src = (m + i) % M;
+            std::copy(&x[size_t(src * ldx)], &x[size_t(src * ldx + K)], &xs[size_t(i * ldx)]);
+            if (ep == Epilogue::AddTo)
+              std::copy(&y0[size_t(src * N)], &y0[size_t(src * N + N)], &one[size_t(i * N)]);
+          }
+          gemm(xs.data(), ldx, amx_rows, *pw, b, one.data(), ep, pool);
           if (std::memcmp(one.data(), y.p + m * N, size_t(N) * 4) != 0) ++diff_rows;
         }
         CHECK(diff_rows == 0, "%s %s->%s M=%d N=%" PRId64 " K=%" PRId64 " %s: %d rows differ "
-              "between the batch and M=1", isa_name(isa), dtype_name(cs.sd), dtype_name(cs.cd),
-              M, N, K, ep_name(ep), diff_rows);
-        if (M > 2) {
+              "between the batch and M=%d", isa_name(isa), dtype_name(cs.sd), dtype_name(cs.cd),
+              M, N, K, ep_name(ep), diff_rows, amx_rows);
+        // (A sub-batch on the other side of amx_min_rows() runs the other kernel.)
+        if (M > 2 && (pw->fmt != kern::kBF16Tiles || (M >= amx_min_rows()) == (M - M / 3 >= amx_min_rows()))) {
           const int off = M / 3;
           std::vector<float> sub(size_t((M - off) * N));
           if (ep == Epilogue::AddTo) std::copy(&y0[size_t(off * N)], &y0[size_t(M * N)], sub.begin());
@@ -682,8 +692,8 @@ void bench(ThreadPool& pool, const std::string& only) {
               "(before %.2f, after %.2f; 1 GiB, best of 1/2/4/8 streams per thread)\n",
               peak_f32, peak0, peak1, bw, bw0, bw1);
   if (bf16_dot_product(isa))
-    std::printf("bf16 rows: against the bf16 dot-product peak %.1f GFLOP/s (vdpbf16ps; before %.1f, after %.1f)\n",
-                peak_bf16, peak_bf16_0, peak_bf16_1);
+    std::printf("bf16 rows: against the bf16 dot-product peak %.1f GFLOP/s (%s; before %.1f, after %.1f)\n",
+                peak_bf16, bf16_kernel(isa), peak_bf16_0, peak_bf16_1);
   std::printf("%-18s %-5s %-4s %9s %7s %9s %7s %10s  %s\n", "shape", "dtype", "W", "GFLOP/s",
               "%peak", "W GB/s", "%bw", "best-of-5", "target");
   for (const BenchRow& r : rows) {
@@ -750,7 +760,7 @@ void bench_gemv_vs_read(ThreadPool& pool) {
         if (share == 0) continue;
         pool.parallel_for(pool.size(), [&](int64_t i, int) {
           const char* p = static_cast<const char*>(w->data) + size_t(i) * share;
-          const double v = isa == Isa::Avx512 ? kern::avx512_read_sum(p, share, 1, 0) : kern::avx2_read_sum(p, share, 1, 0);
+          const double v = isa >= Isa::Avx512 ? kern::avx512_read_sum(p, share, 1, 0) : kern::avx2_read_sum(p, share, 1, 0);
           sink.fetch_add(uint64_t(v != 0), std::memory_order_relaxed);
         });
       }

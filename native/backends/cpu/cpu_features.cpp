@@ -11,6 +11,10 @@
 #include <cpuid.h>
 #define LLMCORE_X86 1
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace llmcore::cpu {
 
@@ -24,6 +28,17 @@ uint64_t read_xcr0() {
   return (uint64_t(edx) << 32) | eax;
 }
 #endif
+
+// Linux keeps the AMX tile data state off until a process asks for it; without the grant the
+// first tile instruction faults (SIGILL).
+bool request_amx_permission() {
+#if defined(__linux__) && defined(__x86_64__) && defined(SYS_arch_prctl)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 
 CpuFeatures detect() {
   CpuFeatures f;
@@ -53,10 +68,13 @@ CpuFeatures detect() {
       f.avx512dq = (b >> 17) & 1;
       f.avx512bw = (b >> 30) & 1;
       f.avx512vl = (b >> 31) & 1;
+      const bool amx_tile = (d >> 24) & 1, amx_bf16 = (d >> 22) & 1;
+      const bool os_tiles = (xcr0 & 0x60000) == 0x60000;  // XTILECFG + XTILEDATA
       if (max_sub7 >= 1) {
         __cpuid_count(7, 1, a, b, c, d);
         f.avx512bf16 = f.avx512f && ((a >> 5) & 1);
       }
+      f.amx_bf16 = f.avx512bf16 && amx_tile && amx_bf16 && os_tiles && request_amx_permission();
     }
   }
 #endif
@@ -71,6 +89,7 @@ bool hw_supports(Isa isa) {
     case Isa::Avx512:
       // The AVX-512 kernels are also built with -mfma -mf16c.
       return f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.fma && f.f16c && f.avx2;
+    case Isa::Amx: return hw_supports(Isa::Avx512) && f.amx_bf16;
   }
   return false;
 }
@@ -79,14 +98,15 @@ bool hw_supports(Isa isa) {
 // test can change it in-process.
 Isa env_cap() {
   const char* v = std::getenv("LLMCORE_CPU_ISA");
-  if (!v || !*v) return Isa::Avx512;
+  if (!v || !*v) return Isa::Amx;
   char buf[16] = {0};
   size_t i = 0;
   for (; v[i] && i + 1 < sizeof buf; ++i) buf[i] = char(std::tolower(static_cast<unsigned char>(v[i])));
-  if (v[i]) return Isa::Avx512;  // too long: not one of ours
+  if (v[i]) return Isa::Amx;  // too long: not one of ours
   if (!std::strcmp(buf, "scalar")) return Isa::Scalar;
   if (!std::strcmp(buf, "avx2")) return Isa::Avx2;
-  return Isa::Avx512;
+  if (!std::strcmp(buf, "avx512")) return Isa::Avx512;
+  return Isa::Amx;
 }
 
 }  // namespace
@@ -96,6 +116,7 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Amx: return "amx";
   }
   return "?";
 }
@@ -109,6 +130,7 @@ bool isa_supported(Isa isa) { return hw_supports(isa); }
 
 Isa best_isa() {
   const Isa cap = env_cap();
+  if (cap >= Isa::Amx && hw_supports(Isa::Amx)) return Isa::Amx;
   if (cap >= Isa::Avx512 && hw_supports(Isa::Avx512)) return Isa::Avx512;
   if (cap >= Isa::Avx2 && hw_supports(Isa::Avx2)) return Isa::Avx2;
   return Isa::Scalar;
@@ -130,6 +152,7 @@ std::string cpu_features_string() {
   add(f.avx512vl, "avx512vl");
   add(f.avx512dq, "avx512dq");
   add(f.avx512bf16, "avx512bf16");
+  add(f.amx_bf16, "amx-bf16");
   if (s.empty()) s = "baseline";
   return s;
 }

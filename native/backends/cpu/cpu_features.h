@@ -1,5 +1,5 @@
 // Which instruction sets this CPU (and OS) support, read once with cpuid. The environment
-// variable LLMCORE_CPU_ISA=scalar|avx2|avx512 caps the choice (tests use it to run every path).
+// variable LLMCORE_CPU_ISA=scalar|avx2|avx512|amx caps the choice (tests use it to run every path).
 #pragma once
 #include <string>
 
@@ -10,6 +10,9 @@ namespace llmcore::cpu {
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512bf16 = false;
+  // AMX-TILE + AMX-BF16 reported, the OS enables the tile state in XCR0, and the kernel granted
+  // this process its use (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16).
+  bool amx_bf16 = false;
 };
 
 const CpuFeatures& cpu_features();

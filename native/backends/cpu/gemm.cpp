@@ -54,16 +54,25 @@ struct ThreadBuf {
 thread_local ThreadBuf t_scratch;
 thread_local ThreadBuf t_xpairs;
 
-int panel_width(Isa isa) { return isa == Isa::Avx512 ? kern::kNrAvx512 : kern::kNrAvx2; }
+int panel_width(Isa isa) { return isa >= Isa::Avx512 ? kern::kNrAvx512 : kern::kNrAvx2; }
 
 int packed_fmt(DType compute, Isa isa) {
   switch (compute) {
     case DType::F32: return kern::kF32;
     case DType::F16: return kern::kF16;
     case DType::BF16:
+      if (isa == Isa::Amx) return kern::kBF16Tiles;
       return (isa == Isa::Avx512 && cpu_features().avx512bf16) ? kern::kBF16Pairs : kern::kBF16;
   }
   return kern::kF32;
+}
+
+bool k_pairs(int fmt) { return fmt == kern::kBF16Pairs || fmt == kern::kBF16Tiles; }
+
+// Pair-rows of a k-pair panel: ceil(K / 2), padded to whole tiles for AMX.
+int64_t pair_rows(int fmt, int64_t K) {
+  const int64_t kp = (K + 1) / 2;
+  return fmt == kern::kBF16Tiles ? (kp + 15) / 16 * 16 : kp;
 }
 
 int packed_pos(int fmt, int nr, int j) {
@@ -145,7 +154,7 @@ void packed_row(const PackedWeight& W, int64_t n, float* out) {
       for (int64_t k = 0; k < K; k++) out[k] = bf16_to_f32(p[k * nr]);
       break;
     }
-    default: {  // kBF16Pairs: pair-row k / 2 holds (W[k][j], W[k + 1][j]) as one 32-bit unit
+    default: {  // kBF16Pairs / kBF16Tiles: pair-row k / 2 holds (W[k][j], W[k + 1][j]) as one 32-bit unit
       const uint16_t* p = reinterpret_cast<const uint16_t*>(panel) + 2 * j;
       for (int64_t k = 0; k < K; k++) out[k] = bf16_to_f32(p[(k / 2) * (2 * nr) + (k & 1)]);
       break;
@@ -153,7 +162,21 @@ void packed_row(const PackedWeight& W, int64_t n, float* out) {
   }
 }
 
-bool bf16_dot_product(Isa isa) { return packed_fmt(DType::BF16, isa) == kern::kBF16Pairs; }
+int amx_min_rows() {
+  static const int v = [] {
+    const char* e = std::getenv("LLMCORE_AMX_MIN_ROWS");
+    const long n = e && *e ? std::strtol(e, nullptr, 10) : 0;
+    return n >= 1 && n <= 1 << 20 ? int(n) : kAmxMinRowsDefault;
+  }();
+  return v;
+}
+
+bool bf16_dot_product(Isa isa) { return k_pairs(packed_fmt(DType::BF16, isa)); }
+
+const char* bf16_kernel(Isa isa) {
+  const int fmt = packed_fmt(DType::BF16, isa);
+  return fmt == kern::kBF16Tiles ? "amx" : fmt == kern::kBF16Pairs ? "vdpbf16ps" : "fma";
+}
 
 float gelu_new(float x) {
   return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
@@ -171,8 +194,8 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
   const int fmt = packed_fmt(compute, isa);
   const int64_t N = w.n, K = w.k;
   const size_t es = dtype_size(compute);
-  const int64_t krows = fmt == kern::kBF16Pairs ? (K + 1) / 2 : K;  // pair-rows for kBF16Pairs
-  const size_t row_bytes = size_t(nr) * (fmt == kern::kBF16Pairs ? 4 : es);
+  const int64_t krows = k_pairs(fmt) ? pair_rows(fmt, K) : K;
+  const size_t row_bytes = size_t(nr) * (k_pairs(fmt) ? 4 : es);
   pw->n = N;
   pw->k = K;
   pw->dtype = compute;
@@ -196,7 +219,7 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
   auto put = [&](uint8_t* panel, int j, int64_t k, size_t si) {
     if (fmt == kern::kF32) {
       reinterpret_cast<float*>(panel)[k * nr + j] = load_as_f32(src, sd, si);
-    } else if (fmt == kern::kBF16Pairs) {  // pair-row k/2, column j, half k%2
+    } else if (k_pairs(fmt)) {  // pair-row k/2, column j, half k%2
       reinterpret_cast<uint16_t*>(panel)[(k / 2) * (2 * nr) + 2 * j + (k & 1)] =
           to_half_bits(src, sd, si, compute);
     } else {
@@ -242,21 +265,20 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   c.xpairs = nullptr;
   c.ldxp = 0;
 
-  if (W.fmt == kern::kBF16Pairs) {
-    // vdpbf16ps multiplies bf16 by bf16: round the activations to bf16 pairs once per call.
-    const int64_t kp = (K + 1) / 2;
+  // kBF16Tiles weights run on the tile unit from amx_min_rows() rows on; fewer rows take the
+  // vdpbf16ps kernel over the same panels (the padded pair-rows are never read), see gemm.h.
+  const bool amx = W.fmt == kern::kBF16Tiles && M >= amx_min_rows();
+  if (W.fmt == kern::kBF16Tiles && !amx) c.fmt = kern::kBF16Pairs;
+  if (k_pairs(W.fmt)) {
+    // vdpbf16ps and the tile unit multiply bf16 by bf16: round the activations to bf16 pairs
+    // once per call (rows padded with zero pairs to the weight's pair-rows).
+    const int64_t kp = pair_rows(W.fmt, K);
     uint32_t* xp = static_cast<uint32_t*>(t_xpairs.get(size_t(M) * size_t(kp) * 4));
     if (!xp) throw Error(E_OOM, "[cpu] gemm: cannot allocate the bf16 activation buffer");
     pool.parallel_for((M + 7) / 8, [&](int64_t i, int) {
-      const int64_t m1 = std::min<int64_t>(M, (i + 1) * 8);
-      for (int64_t m = i * 8; m < m1; ++m) {
-        const float* xr = x + m * ldx;
-        for (int64_t t = 0; t < kp; ++t) {
-          const uint32_t lo = f32_to_bf16(xr[2 * t]);
-          const uint32_t hi = 2 * t + 1 < K ? f32_to_bf16(xr[2 * t + 1]) : 0u;
-          xp[m * kp + t] = lo | (hi << 16);
-        }
-      }
+      const int64_t m0 = i * 8, m1 = std::min<int64_t>(M, m0 + 8);
+      kern::avx512_round_rows_bf16(x + m0 * ldx, ldx, m1 - m0, K,
+                                   reinterpret_cast<uint16_t*>(xp + m0 * kp), 2 * kp);
     });
     c.xpairs = xp;
     c.ldxp = kp;
@@ -267,9 +289,13 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   const int threads = pool.size();
   // Row blocks: skinny batches (M <= 3) are one block; otherwise balanced blocks of <= 48 rows
   // (>= 24 rows each when M > 48, so every block tiles into register tiles of >= 4 rows).
-  const int64_t mc_max = 48;
-  const int64_t nrb = M <= 3 ? 1 : (M + mc_max - 1) / mc_max;
-  const int64_t rb_base = M / nrb, rb_extra = M % nrb;
+  // AMX: row tiles are 16 rows; up to 16 rows are one skinny block, more go in blocks of 64
+  // (two passes of 32 rows).
+  const bool skinny = amx ? M <= 16 : M <= 3;
+  const int64_t mc_max = amx ? 64 : 48;
+  const int64_t nrb = skinny ? 1 : (M + mc_max - 1) / mc_max;
+  const int64_t rb_base = amx ? std::min<int64_t>(M, mc_max) : M / nrb;
+  const int64_t rb_extra = amx ? 0 : M % nrb;
   // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task, many
   // small tasks so the dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32
   // columns for AVX2) per task, fewer until there are >= 8 tasks per thread (>= 2 panels).
@@ -277,13 +303,13 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   // row, 1 otherwise), so the threads end within a task of each other (a short GEMV is only
   // ~100 us). A lone row keeps two panel streams in its tail tasks: with one (a 1 x 16 tile)
   // those panels took ~1.5x longer per byte, a sixth of a batch-1 step's GEMV time.
-  const int64_t g = M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
+  const int64_t g = amx ? 4 : M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
   // Panel blocks [0, head_tasks) are ppt panels wide (the last one possibly narrower) and cover
   // panels [0, head_panels); the remaining panels go tail_ppt per task.
   int64_t ppt, head_panels, head_tasks, tail_ppt = 1;
-  if (M <= 3) {
+  if (skinny) {
     ppt = g;
-    tail_ppt = M == 1 ? 2 : 1;
+    tail_ppt = M == 1 || amx ? 2 : 1;
     const int64_t tail = std::min<int64_t>(np, 2 * g * threads);
     head_panels = (np - tail) / ppt * ppt;
     head_tasks = head_panels / ppt;
@@ -297,7 +323,7 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   // K blocks: only for long K (the 3072-wide MLP projection), where a whole panel (K x 64 B)
   // and the tile's rows of x stop fitting in L2 next to each other; measured on Zen 3, blocks
   // of ~768 beat both no blocking and shorter blocks.
-  if (M >= 4 && K > 1024 && W.isa != Isa::Scalar) {
+  if (M >= 4 && K > 1024 && W.isa != Isa::Scalar && !amx) {
     const int64_t nkb = (K + 767) / 768;
     int64_t kc = (K + nkb - 1) / nkb;
     kc = (kc + 7) / 8 * 8;  // a multiple of 8 keeps k-pairs and cache lines whole
@@ -309,15 +335,15 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   struct Ctx {
     const kern::GemmCall* c;
     Isa isa;
-    int64_t nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np;
+    int64_t M, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np;
     size_t scratch_bytes;
-  } ctx{&c, W.isa, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np, scratch_bytes};
+  } ctx{&c, W.isa, M, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np, scratch_bytes};
   std::atomic<bool> oom{false};
 
   auto block_of = [](const Ctx& t, int64_t i, int64_t& m0, int64_t& m1, int64_t& p0, int64_t& p1) {
     const int64_t rb = i % t.nrb, pb = i / t.nrb;
     m0 = rb * t.rb_base + (rb < t.rb_extra ? rb : t.rb_extra);
-    m1 = m0 + t.rb_base + (rb < t.rb_extra ? 1 : 0);
+    m1 = std::min<int64_t>(t.M, m0 + t.rb_base + (rb < t.rb_extra ? 1 : 0));
     p0 = pb < t.head_tasks ? pb * t.ppt : t.head_panels + (pb - t.head_tasks) * t.tail_ppt;
     p1 = pb < t.head_tasks ? std::min(p0 + t.ppt, t.head_panels) : std::min(p0 + t.tail_ppt, t.np);
   };
@@ -328,6 +354,10 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
       if (!scratch) return false;
     }
     switch (t.isa) {
+      case Isa::Amx:
+        if (t.c->fmt == kern::kBF16Tiles) kern::amx_gemm_block(*t.c, m0, m1, p0, p1, next_w);
+        else kern::avx512_gemm_block(*t.c, m0, m1, p0, p1, scratch, next_w);
+        break;
       case Isa::Avx512: kern::avx512_gemm_block(*t.c, m0, m1, p0, p1, scratch, next_w); break;
       case Isa::Avx2: kern::avx2_gemm_block(*t.c, m0, m1, p0, p1, scratch, next_w); break;
       default: scalar_gemm_block(*t.c, m0, m1, p0, p1); break;
@@ -335,7 +365,7 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     return true;
   };
   const int64_t ntasks = nrb * npb;
-  if (M <= 3 || W.isa == Isa::Scalar || threads == 1) {
+  if (skinny || W.isa == Isa::Scalar || threads == 1) {
     pool.parallel_for(ntasks, [&](int64_t i, int) {
       int64_t m0, m1, p0, p1;
       block_of(ctx, i, m0, m1, p0, p1);

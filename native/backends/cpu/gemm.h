@@ -6,6 +6,12 @@
 // + bias, then the epilogue, whatever M, the row's place in a tile, or the thread count. So a
 // sequence's logits are bitwise the same alone or in a batch, and KV-cache decode equals full
 // recompute. The work is split over rows and column panels, never over K.
+// The one exception: bf16 weights on a CPU with AMX-BF16 run on the tile unit when a call has
+// >= amx_min_rows() rows and on vdpbf16ps below that (the tile unit streams a lone row at
+// 0.42-0.72 of a plain read where vdpbf16ps reaches 0.91-1.0, measured on Emerald Rapids; its
+// internal summation matches neither fp32 chain). Each side is batch-invariant on its own; a
+// row's bits differ (by bf16-level rounding) between the two. LLMCORE_AMX_MIN_ROWS=1 puts every
+// call on the tile unit: fully batch-invariant, slower at batch 1.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -16,7 +22,9 @@
 
 namespace llmcore::cpu {
 
-enum class Isa : uint8_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+// Kernel families, each a superset of the one before. Amx = the AVX-512 kernels, with bf16
+// weights on the AMX tile unit (kBF16Tiles) instead of vdpbf16ps.
+enum class Isa : uint8_t { Scalar = 0, Avx2 = 1, Avx512 = 2, Amx = 3 };
 const char* isa_name(Isa isa);
 
 class WeightArena;
@@ -47,9 +55,16 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
 void packed_row(const PackedWeight& W, int64_t n, float* out);
 
 // True when bf16 weights packed for `isa` use the CPU's bf16 dot product (AVX512_BF16
-// vdpbf16ps): the activations are then rounded to bf16 too (fp32 accumulation), so results
-// differ from the fp32 FMA chain by about bf16's rounding (2^-9 relative per product).
+// vdpbf16ps, or AMX-BF16 tiles): the activations are then rounded to bf16 too (fp32
+// accumulation), so results differ from the fp32 FMA chain by about bf16's rounding (2^-9
+// relative per product).
 bool bf16_dot_product(Isa isa);
+// Rows from which a kBF16Tiles call runs on AMX (LLMCORE_AMX_MIN_ROWS, read once; default 8:
+// at batch 8 vdpbf16ps is already compute-bound, 105 of its 167 GFLOP/s peak on 2 cores).
+constexpr int kAmxMinRowsDefault = 8;
+int amx_min_rows();
+// The instruction bf16 weights packed for `isa` run on: "amx", "vdpbf16ps" or "fma" (widened).
+const char* bf16_kernel(Isa isa);
 
 // gelu_new(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), the fp32 version every
 // epilogue must match to ~1e-6 relative.

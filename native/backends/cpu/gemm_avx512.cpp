@@ -264,6 +264,31 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
   }
 }
 
+void avx512_store_rows(const float* acc, int64_t lda, int rows, int ncols, const float* bias,
+                       int ep, float* y, int64_t ldy) {
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < ncols; j += 16)
+      store_out(_mm512_load_ps(acc + r * lda + j), y + r * ldy + j, bias ? bias + j : nullptr, ep,
+                ncols - j >= 16 ? 16 : ncols - j);
+}
+
+void avx512_round_rows_bf16(const float* x, int64_t ldx, int64_t rows, int64_t K, uint16_t* out,
+                            int64_t ld_out) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const float* xr = x + m * ldx;
+    uint16_t* o = out + m * ld_out;
+    for (int64_t k = 0; k < ld_out; k += 32) {
+      const int64_t n = K - k;  // values of x left (may be <= 0: zero padding)
+      const __m512 lo = _mm512_maskz_loadu_ps(tail_mask(n <= 0 ? 0 : n >= 16 ? 16 : int(n)), xr + k);
+      const __m512 hi = _mm512_maskz_loadu_ps(tail_mask(n <= 16 ? 0 : n >= 32 ? 16 : int(n - 16)), xr + k + 16);
+      const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+      const int64_t w = ld_out - k;  // values of out left
+      const __mmask32 m32 = w >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << w) - 1u);
+      _mm512_mask_storeu_epi16(o + k, m32, v);
+    }
+  }
+}
+
 void avx512_gelu(const float* in, float* out, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i >= 16 ? 16 : int(n - i));

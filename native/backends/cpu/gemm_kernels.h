@@ -18,10 +18,12 @@ namespace llmcore::cpu::kern {
 //   kBF16Pairs     : (AVX-512 with AVX512_BF16 only) k-pairs interleaved: pair-row t (k = 2t,
 //                    2t+1) holds, for column j, W[2t][j] then W[2t+1][j] (a 32-bit unit per
 //                    column); K is padded to even with a zero row.
+//   kBF16Tiles     : (AMX-BF16 only) the kBF16Pairs layout with the pair-rows padded with zero
+//                    rows to a multiple of 16, so a panel is whole 16 x 16-column tiles.
 constexpr int kNrAvx2 = 16;    // also the scalar kernel's panel width
 constexpr int kNrAvx512 = 32;
 
-enum : int { kF32 = 0, kF16 = 1, kBF16 = 2, kBF16Pairs = 3 };
+enum : int { kF32 = 0, kF16 = 1, kBF16 = 2, kBF16Pairs = 3, kBF16Tiles = 4 };
 enum : int { kEpStore = 0, kEpGelu = 1, kEpAddTo = 2 };
 
 // (No inline functions in this header on purpose: each file keeps its own static helpers.)
@@ -40,8 +42,8 @@ struct GemmCall {
   int64_t ldy;
   int64_t kc;         // K block: the fp32 accumulators are parked in scratch between blocks,
                       // which keeps every output one sequential FMA chain over k
-  const uint32_t* xpairs;  // kBF16Pairs only: x rounded to bf16, (M, ceil(K/2)) pairs,
-  int64_t ldxp;            // low half = even k; row stride in pairs
+  const uint32_t* xpairs;  // kBF16Pairs / kBF16Tiles: x rounded to bf16, (M, ceil(K/2)) pairs
+  int64_t ldxp;            // (low half = even k; zero pairs up to ldxp); row stride in pairs
 };
 
 // Computes rows [m0, m1) x panels [p0, p1) of y, all of K. scratch (64-byte aligned) holds
@@ -52,6 +54,22 @@ void avx2_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int6
                      float* scratch, const uint8_t* next_w);
 void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
                        float* scratch, const uint8_t* next_w);
+
+// kBF16Tiles (AMX): rows [m0, m1) x panels [p0, p1), all of K, accumulators in tile registers
+// (no K blocks, no scratch); next_w as above. Requires the AMX tile state (cpu_features.cpp).
+void amx_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
+                    const uint8_t* next_w);
+
+// The AVX-512 epilogue on a block of finished fp32 sums: y[r][j] = ep(acc[r][j] + bias[j]) for
+// r < rows, j < ncols (acc row stride lda floats, y row stride ldy); used by the AMX kernel.
+void avx512_store_rows(const float* acc, int64_t lda, int rows, int ncols, const float* bias,
+                       int ep, float* y, int64_t ldy);
+
+// Rounds rows of fp32 to bf16 (round to nearest even, as vcvtne2ps2bf16: denormals to zero) in
+// k order, which is the k-pair layout: out row m holds K values then zeros up to ld_out values
+// (ld_out >= K, even). Requires AVX512_BF16.
+void avx512_round_rows_bf16(const float* x, int64_t ldx, int64_t rows, int64_t K, uint16_t* out,
+                            int64_t ld_out);
 
 // The vectorized gelu_new used by the Gelu epilogues, exposed for tests: out[i] = gelu(in[i]).
 void avx2_gelu(const float* in, float* out, int64_t n);
@@ -69,6 +87,8 @@ double avx512_fma_loop(int64_t iters, float* sink);
 // The same with vdpbf16ps (AVX512_BF16): each instruction does 32 bf16 products and adds them
 // pairwise into 16 fp32 lanes, counted as 64 flops, as the kBF16Pairs GEMM's flops are counted.
 double avx512_bf16_dot_loop(int64_t iters, float* sink);
+// The same with tdpbf16ps on four accumulator tiles (AMX-BF16; 16 x 16 x 32 products each).
+double amx_bf16_tile_loop(int64_t iters, float* sink);
 double avx2_read_sum(const void* p, size_t bytes, int streams, size_t chunk);
 double avx512_read_sum(const void* p, size_t bytes, int streams, size_t chunk);
 

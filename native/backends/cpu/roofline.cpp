@@ -99,6 +99,7 @@ double run_concurrently(ThreadPool& pool, Body&& body) {
 
 double read_sum(Isa isa, const void* p, size_t bytes, int streams, size_t chunk) {
   switch (isa) {
+    case Isa::Amx:
     case Isa::Avx512: return kern::avx512_read_sum(p, bytes, streams, chunk);
     case Isa::Avx2: return kern::avx2_read_sum(p, bytes, streams, chunk);
     default: return sse2_read_sum(p, bytes, streams, chunk);
@@ -141,6 +142,7 @@ double measure_peak(ThreadPool& pool, double (*loop)(int64_t, float*)) {
 
 double measure_peak_fma_gflops(ThreadPool& pool) {
   switch (best_isa()) {
+    case Isa::Amx:
     case Isa::Avx512: return measure_peak(pool, kern::avx512_fma_loop);
     case Isa::Avx2: return measure_peak(pool, kern::avx2_fma_loop);
     default: return measure_peak(pool, sse2_fma_loop);
@@ -148,7 +150,9 @@ double measure_peak_fma_gflops(ThreadPool& pool) {
 }
 
 double measure_peak_bf16_gflops(ThreadPool& pool) {
-  if (best_isa() != Isa::Avx512 || !cpu_features().avx512bf16) return 0.0;
+  const Isa isa = best_isa();
+  if (isa == Isa::Amx) return measure_peak(pool, kern::amx_bf16_tile_loop);
+  if (isa != Isa::Avx512 || !cpu_features().avx512bf16) return 0.0;
   return measure_peak(pool, kern::avx512_bf16_dot_loop);
 }
 

@@ -12,9 +12,10 @@ namespace llmcore::cpu {
 // (best_isa(), so LLMCORE_CPU_ISA caps it): independent FMA chains in registers, no memory.
 double measure_peak_fma_gflops(ThreadPool& pool);
 
-// Peak bf16 dot-product throughput in GFLOP/s (vdpbf16ps: 2 products + 2 adds per fp32 lane),
-// the compute roof of bf16 weights on a CPU with AVX512_BF16 (their GEMM runs on vdpbf16ps,
-// see gemm_avx512.cpp); 0 where the CPU (or LLMCORE_CPU_ISA) rules that kernel out.
+// Peak bf16 dot-product throughput in GFLOP/s of the instruction bf16 weights run on (see
+// bf16_kernel() in gemm.h): AMX tdpbf16ps tiles where the CPU has AMX-BF16, else vdpbf16ps
+// (2 products + 2 adds per fp32 lane) with AVX512_BF16; the compute roof of bf16 weights.
+// 0 where bf16 weights are widened to fp32 (their roof is then the FMA peak).
 double measure_peak_bf16_gflops(ThreadPool& pool);
 
 // Streaming read bandwidth in GB/s (1e9 bytes/s): every thread sums its contiguous share of a
