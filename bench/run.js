@@ -69,11 +69,16 @@ async function timeRuns(fn) {
   return { median: median(xs), runs: xs, perRunLimits: perRun, local: limits.reduce(better) };
 }
 
-// The compute roof of a row: bf16 weights on a CPU with AVX512_BF16 run their matmuls on
-// vdpbf16ps, twice the multiplies of an fp32 FMA per instruction (measured, not assumed).
+// The compute roof of a row: bf16 weights on a CPU with a bf16 dot product run their matmuls
+// on it (AMX tiles, or vdpbf16ps: twice the multiplies of an fp32 FMA per instruction; the
+// peak is measured, not assumed), while attention and the rest stay on fp32 FMAs. So the
+// matmul flops are held to the bf16 peak and the others to the fp32 one.
 const computePeak = (lim, bf16Dot) => (bf16Dot ? lim.peakBf16Gflops : lim.peakGflops);
-const rooflineSeconds = (flops, bytes, lim, bf16Dot) =>
-  Math.max(flops / (computePeak(lim, bf16Dot) * 1e9), bytes / (lim.readGBs * 1e9));
+const computeSeconds = (r, lim) =>
+  r.bf16Dot
+    ? r.matmulFlops / (lim.peakBf16Gflops * 1e9) + (r.flops - r.matmulFlops) / (lim.peakGflops * 1e9)
+    : r.flops / (lim.peakGflops * 1e9);
+const rooflineSeconds = (r, lim) => Math.max(computeSeconds(r, lim), r.bytes / (lim.readGBs * 1e9));
 
 async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, batches = [1, 8, 32] } = {}) {
   const model = await llm.loadModel(dir, { device: 'cpu', dtype, kvCacheDtype });
@@ -94,12 +99,13 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
       return r.stats.prefillMs;
     });
     // FLOPs: all T rows through the layers, causal attention, LM head for the last row only.
-    const flops = 2 * matmulParams * T + L * 2 * 2 * C * (T * (T + 1)) / 2 + 2 * V * C;
+    const matmulFlops = 2 * matmulParams * T + 2 * V * C;
+    const flops = matmulFlops + L * 2 * 2 * C * (T * (T + 1)) / 2;
     const bytes = weightBytes;
     const secs = t.median / 1000;
     rows.push({
       dtype: label, kind: 'prefill', tokens: T, batch: 1, ms: t.median, runsMs: t.runs,
-      tokPerSec: T / secs, flops, bytes, secs, perRun: T, localLimits: t.local, perRunLimits: t.perRunLimits, bf16Dot,
+      tokPerSec: T / secs, flops, matmulFlops, bytes, secs, perRun: T, localLimits: t.local, perRunLimits: t.perRunLimits, bf16Dot,
     });
   }
 
@@ -117,10 +123,11 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
     const ctx = 16 + DECODE_TOKENS / 2;                          // mean context during decode
     const kvBytes = B * L * 2 * ctx * C * kvElementBytes;
     const bytes = weightBytes + kvBytes;
-    const flops = B * (2 * (matmulParams + V * C) + L * 2 * 2 * C * ctx);
+    const matmulFlops = B * 2 * (matmulParams + V * C);
+    const flops = matmulFlops + B * L * 2 * 2 * C * ctx;
     rows.push({
       dtype: label, kind: 'decode', tokens: DECODE_TOKENS, batch: B, ms: t.median,
-      runsMs: t.runs, tokPerSec: B / stepSecs, flops, bytes, secs: stepSecs, perRun: B,
+      runsMs: t.runs, tokPerSec: B / stepSecs, flops, matmulFlops, bytes, secs: stepSecs, perRun: B,
       localLimits: t.local, perRunLimits: t.perRunLimits, bf16Dot, memoryBound: true,
     });
   }
@@ -148,10 +155,12 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
   // so a slow moment of the host never inflates a ratio.
   for (const r of rows) Object.assign(roof, better(roof, r.localLimits));
   for (const r of rows) {
-    const roofSecs = rooflineSeconds(r.flops, r.bytes, roof, r.bf16Dot);
+    const roofSecs = rooflineSeconds(r, roof);
     r.gflops = r.flops / r.secs / 1e9;
-    r.computePeak = r.bf16Dot ? 'bf16 dot' : 'fp32 FMA';
-    r.fractionOfComputePeak = r.gflops / computePeak(roof, r.bf16Dot);
+    r.computePeak = r.bf16Dot ? `bf16 ${machine.bf16Kernel}` : 'fp32 FMA';
+    // Against the roof of its own units (computeSeconds), and plainly against the fp32 FMA peak.
+    r.fractionOfComputePeak = computeSeconds(r, roof) / r.secs;
+    r.fractionOfFp32Peak = r.gflops / roof.peakGflops;
     if (r.memoryBound) {
       r.weightGBs = r.bytes / r.secs / 1e9;
       r.fractionOfBandwidth = r.weightGBs / roof.readGBs;
@@ -159,26 +168,26 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'f32', prefill = true, ba
     r.rooflineTokPerSec = r.perRun / roofSecs;
     r.ratioToRoofline = roofSecs / r.secs;
     // Each run against the limits measured around it; the row's figure is their median.
-    r.runRatiosToLocalRoofline = r.runsMs.map((ms, i) => rooflineSeconds(r.flops, r.bytes, r.perRunLimits[i], r.bf16Dot) / (ms / 1000));
+    r.runRatiosToLocalRoofline = r.runsMs.map((ms, i) => rooflineSeconds(r, r.perRunLimits[i]) / (ms / 1000));
     r.ratioToLocalRoofline = median(r.runRatiosToLocalRoofline);
   }
   const report = { machine, limits: roof, runs: RUNS, decodeTokens: DECODE_TOKENS, backend: results[0].info.backend, rows };
 
   const pct = (x) => (x === undefined ? '' : `${(100 * x).toFixed(0)}%`);
   console.log(`\nmachine: ${machine.cpu}, ${threads} threads, ${machine.cpuFeatures}; kernels ${machine.cpuKernels}`);
-  const bf16Peak = roof.peakBf16Gflops === null ? '' : `, bf16 dot product ${roof.peakBf16Gflops.toFixed(1)} GFLOP/s`;
+  const bf16Peak = roof.peakBf16Gflops === null ? '' : `, bf16 dot product (${machine.bf16Kernel}) ${roof.peakBf16Gflops.toFixed(1)} GFLOP/s`;
   console.log(`limits:  peak fp32 FMA ${roof.peakGflops.toFixed(1)} GFLOP/s${bf16Peak}, streaming read ${roof.readGBs.toFixed(1)} GB/s ` +
     `(the best of all ${3 + rows.reduce((s, r) => s + r.runsMs.length + 1, 0)} measurements of this run)\n`);
   console.log('| weights | phase | batch | tok/s | ms (median) | GFLOP/s | % compute peak | GB/s | % bandwidth | roofline tok/s | % roofline | limits around the runs | % of those (median of runs) |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   const limitText = (r) => {
     const compute = computePeak(r.localLimits, r.bf16Dot).toFixed(0);
-    return `${compute} GFLOP/s${r.bf16Dot ? ' bf16' : ''}, ${Math.min(...r.perRunLimits.map((l) => l.readGBs)).toFixed(0)}-${r.localLimits.readGBs.toFixed(0)} GB/s`;
+    return `${compute} GFLOP/s${r.bf16Dot ? ` ${machine.bf16Kernel}` : ''}, ${Math.min(...r.perRunLimits.map((l) => l.readGBs)).toFixed(0)}-${r.localLimits.readGBs.toFixed(0)} GB/s`;
   };
   for (const r of rows)
     console.log(
       `| ${r.dtype} | ${r.kind === 'prefill' ? `prefill ${r.tokens}` : 'decode'} | ${r.batch} | ${r.tokPerSec.toFixed(1)} | ` +
-        `${r.ms.toFixed(1)} | ${r.gflops.toFixed(1)} | ${pct(r.fractionOfComputePeak)}${r.bf16Dot ? ' (bf16)' : ''} | ${r.weightGBs ? r.weightGBs.toFixed(1) : ''} | ` +
+        `${r.ms.toFixed(1)} | ${r.gflops.toFixed(1)} | ${pct(r.fractionOfComputePeak)}${r.bf16Dot ? ` (${machine.bf16Kernel}; ${pct(r.fractionOfFp32Peak)} of fp32)` : ''} | ${r.weightGBs ? r.weightGBs.toFixed(1) : ''} | ` +
         `${pct(r.fractionOfBandwidth)} | ${r.rooflineTokPerSec.toFixed(1)} | ${pct(r.ratioToRoofline)} | ` +
         `${limitText(r)} | ${pct(r.ratioToLocalRoofline)} |`,
     );
