@@ -151,7 +151,9 @@ void CpuBackend::attention(const float* qkv, const AttnSeq* seqs, int n_seqs, co
     const AttnTask& t = tasks_[size_t(i)];
     const AttnSeq& s = seqs[t.seq];
     float* scratch = attn_scratch_.data() + size_t(tid) * scratch_per_thread;
-    auto kernel = isa_ >= Isa::Avx2 ? avx2::attention_head_rows : scalar::attention_head_rows;
+    auto kernel = isa_ >= Isa::Avx512 ? avx512::attention_head_rows
+                  : isa_ >= Isa::Avx2 ? avx2::attention_head_rows
+                                      : scalar::attention_head_rows;
     for (int h = t.head; h < t.head + t.heads; h++)
       kernel(qkv, C, HS, h, s.row + t.r0, s.past + t.r0, t.rows, kv.block_ptr, f16, s.blocks,
              k_off, v_off, scratch, out);

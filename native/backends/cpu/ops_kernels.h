@@ -1,4 +1,4 @@
-// Plain-pointer entry points of the ISA-specific non-GEMM kernels (ops_avx2.cpp), called by
+// Plain-pointer entry points of the ISA-specific non-GEMM kernels (ops_avx2.cpp, ops_avx512.cpp), called by
 // cpu_backend.cpp after a runtime CPU check. Only plain types cross this boundary.
 #pragma once
 #include <cstdint>
@@ -32,6 +32,15 @@ void kv_store_head(const float* k_src, const float* v_src, int64_t src_stride, i
 void logsumexp_rows(const float* x, int rows, int64_t n, double* out);
 
 }  // namespace llmcore::cpu::avx2
+
+// attention_head_rows built with AVX-512 (ops_avx512.cpp): the same contract and the same bits
+// as the AVX2 one, its FMA loops on 16-lane registers.
+namespace llmcore::cpu::avx512 {
+void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t row0,
+                         int64_t pos0, int n_rows, void* const* block_ptr, bool f16,
+                         const int32_t* blocks, int64_t k_off, int64_t v_off, float* scratch,
+                         float* out);
+}  // namespace llmcore::cpu::avx512
 
 // The same kernels in plain C++ for CPUs without AVX2 (ops_scalar.cpp).
 namespace llmcore::cpu::scalar {
