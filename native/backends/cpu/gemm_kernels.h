@@ -1,7 +1,8 @@
 // Plain-C interface between the baseline code (gemm.cpp, roofline.cpp) and the ISA-specific
-// kernel files (gemm_avx2.cpp, gemm_avx512.cpp). Nothing here uses wide vector types or inline
-// functions, so including it from a file built with -mavx2 or -mavx512f cannot leak wide code
-// into baseline objects. Only call the avx2_* / avx512_* functions after cpu_features says so.
+// kernel files (gemm_avx2.cpp, gemm_avx512.cpp, gemm_amx.cpp). Nothing here uses wide vector
+// types or inline functions, so including it from a file built with -mavx2 or -mavx512f cannot
+// leak wide code into baseline objects. Only call the avx2_* / avx512_* / amx_* functions after
+// cpu_features says so.
 #pragma once
 #include <cstddef>
 #include <cstdint>
