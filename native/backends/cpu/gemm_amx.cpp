@@ -167,12 +167,12 @@ void amx_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64
 
 double amx_bf16_tile_loop(int64_t iters, float* sink) {
   // Four independent accumulator tiles fed from registers only: A 0/1, B 2/3, C 4-7.
-  alignas(64) static const uint16_t ones[16 * 32] = {};  // zeros: the accumulators stay 0
+  alignas(64) static const uint16_t zeros[16 * 32] = {};  // the accumulators stay 0
   configure(2, 16, 16);
-  _tile_loadd(0, ones, 64);
-  _tile_loadd(1, ones, 64);
-  _tile_loadd(2, ones, 64);
-  _tile_loadd(3, ones, 64);
+  _tile_loadd(0, zeros, 64);
+  _tile_loadd(1, zeros, 64);
+  _tile_loadd(2, zeros, 64);
+  _tile_loadd(3, zeros, 64);
   _tile_zero(4);
   _tile_zero(5);
   _tile_zero(6);
