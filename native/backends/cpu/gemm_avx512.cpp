@@ -3,7 +3,8 @@
 // kBF16Pairs format, which uses vdpbf16ps, is only ever packed when it also reports avx512bf16).
 // Self-contained like gemm_avx2.cpp, and built the same way so the two can be read side by side:
 // panels of 32 columns (two zmm per k-row), register tiles of R rows x G panels with
-// R * 2G <= 16 accumulators (R <= 8 for M >= 4; 1x128 / 2x96 / 3x64 for M = 1..3).
+// R * 2G <= 16 accumulators (R <= 8 for M >= 4; 2x96 / 3x64 for M = 2, 3). A lone row (the
+// batch-1 GEMV) reads one panel at a time (a 1x32 tile): see avx512_gemm_block.
 //
 // First compiled blind on Zen 3 (no AVX-512); since the seventh session it runs and passes
 // test-backend-ops and gemm_test on an AVX-512 + AVX512_BF16 machine (AMD Zen 4).
@@ -235,7 +236,10 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
   const int64_t K = c.K;
   const int64_t kc = (c.kc <= 0 || c.kc >= K) ? K : c.kc;
   const int64_t nkb = K == 0 ? 1 : (K + kc - 1) / kc;
-  const int G = rows == 1 ? 4 : rows == 2 ? 3 : rows == 3 ? 2 : 1;
+  // One row is bound by the DRAM stream, not the FMA chains: one panel at a time (one
+  // sequential stream per thread) beat four side by side by 4-10% on Zen 4 (`gemm_test
+  // --gemv-vs-read` with the two interleaved round by round, f32 and bf16), and two by ~2%.
+  const int G = rows == 1 ? 1 : rows == 2 ? 3 : rows == 3 ? 2 : 1;
   const int64_t ntiles = rows <= 3 ? 1 : (rows + kMaxR - 1) / kMaxR;
   const int64_t base = rows / ntiles, extra = rows % ntiles;
   const int64_t sc_pstride = rows * NR;
