@@ -13,7 +13,7 @@ const USAGE = `usage:
       --no-repeat-ngram-size N  --num-beams N  --length-penalty L  --early-stopping true|false|never
       --do-sample | --greedy  --temperature T  --top-k K  --top-p P  --min-p P  --typical-p P
       --repetition-penalty R  --seed N  --stop STRING (repeatable)
-      --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype f32|f16
+      --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype auto|f32|f16
       --stream (print tokens as they come; one sequence)  --json
   llmcore create-random --out DIR [--preset tiny|small|124M] [--dtype f32|f16|bf16] [--seed N]
       [--layout bare|prefixed]

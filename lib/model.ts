@@ -14,7 +14,7 @@ import { Gpt2Tokenizer } from './tokenizer';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
 export type WeightDtype = 'auto' | 'f32' | 'f16' | 'bf16';
-export type KvCacheDtype = 'f32' | 'f16';
+export type KvCacheDtype = 'auto' | 'f32' | 'f16';
 
 export interface LoadOptions {
   /** 'auto' (default): CUDA when a CUDA backend can start, else the CPU. */
@@ -31,9 +31,10 @@ export interface LoadOptions {
   /** Sequences decoding at once, the largest step batch (default 256); more wait. */
   maxSequences?: number;
   /**
-   * KV-cache element type: 'f32' (default, exact) or 'f16' (half the memory, so twice the
-   * sequences fit in kvCacheBytes, and half of attention's memory traffic; K and V are rounded
-   * to f16 when stored).
+   * KV-cache element type: 'f32' (exact) or 'f16' (half the memory, so twice the sequences fit
+   * in kvCacheBytes, and half of attention's memory traffic; K and V are rounded to f16 when
+   * stored). 'auto' (default): f16 when the matmul weights are kept in 16 bits (bf16 or f16),
+   * f32 for f32 weights, as HF keeps the cache in the model's dtype. `info.kvDtype` says which.
    */
   kvCacheDtype?: KvCacheDtype;
 }
@@ -72,9 +73,9 @@ function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
   const maxSequences = o?.maxSequences ?? 256;
   if (!Number.isInteger(maxSequences) || maxSequences < 1 || maxSequences > 65536)
     throw new OptionError(`[loadModel] option maxSequences must be an integer in [1, 65536], got ${String(maxSequences)}`);
-  const kvCacheDtype = o?.kvCacheDtype ?? 'f32';
-  if (!['f32', 'f16'].includes(kvCacheDtype))
-    throw new OptionError(`[loadModel] option kvCacheDtype must be 'f32' or 'f16', got ${String(kvCacheDtype)}`);
+  const kvCacheDtype = o?.kvCacheDtype ?? 'auto';
+  if (!['auto', 'f32', 'f16'].includes(kvCacheDtype))
+    throw new OptionError(`[loadModel] option kvCacheDtype must be 'auto', 'f32' or 'f16', got ${String(kvCacheDtype)}`);
   return { device, threads, dtype, kvCacheBytes, maxSequences, kvCacheDtype };
 }
 

@@ -16,7 +16,7 @@ export interface NativeLoadOptions {
   device: string;
   threads: number;
   dtype: 'auto' | 'f32' | 'f16' | 'bf16';
-  kvDtype: 'f32' | 'f16';
+  kvDtype: 'auto' | 'f32' | 'f16';
 }
 
 export interface NativeEngineInfo {

@@ -32,6 +32,9 @@ const AS_STORED_TOL = 2e-5;
 const F16_LOAD_TOL = 3e-3;
 const BF16_LOAD_TOL = 2e-2;
 const BF16_AS_STORED_TOL = backendInfo().bf16DotProduct ? BF16_LOAD_TOL : AS_STORED_TOL;
+// An f16 KV cache against the reference that rounds K/V to f16 the same way (see the f16 KV
+// cache tests below for the measured values).
+const KV_F16_TOL = 1e-4;
 
 const refs = new Map<string, Gpt2Reference>();
 const refFor = (dir: string) => {
@@ -44,11 +47,11 @@ const loaded = new Map<string, Promise<Model>>();
 afterAll(async () => {
   for (const m of loaded.values()) (await m).dispose();
 });
-function load(dir: string, dtype: 'auto' | 'f32' | 'f16' | 'bf16' = 'auto'): Promise<Model> {
+function load(dir: string, dtype: 'auto' | 'f32' | 'f16' | 'bf16' = 'auto', kvCacheDtype: 'auto' | 'f32' = 'auto'): Promise<Model> {
   // device 'cpu': the only backend in this build (and see the E_BACKEND note in test/load-errors.test.ts)
-  const key = `${dir}:${dtype}`;
+  const key = `${dir}:${dtype}:${kvCacheDtype}`;
   let m = loaded.get(key);
-  if (!m) loaded.set(key, (m = loadModel(dir, { device: 'cpu', dtype })));
+  if (!m) loaded.set(key, (m = loadModel(dir, { device: 'cpu', dtype, kvCacheDtype })));
   return m;
 }
 
@@ -73,9 +76,13 @@ async function check(name: string, dir: string, tokens: number[], tol: number, d
   const model = m ?? (await load(dir, dtype));
   const V = model.config.vocabSize;
   const got = await model.logits(tokens);
-  const want = refFor(dir).logits(tokens);
+  // 16-bit weights keep an f16 KV cache by default (kvCacheDtype 'auto'): the reference then
+  // rounds its K and V the same way, and the bound is at least the f16-cache one.
+  const kvF16 = model.info.kvDtype === 'f16';
+  const want = refFor(dir).logits(tokens, { kvF16 });
+  if (kvF16) tol = Math.max(tol, KV_F16_TOL);
   const d = maxAbsDiff(got, want, V);
-  measured.push(`${name} (T=${tokens.length}, ${model.info.weightDtype}): ${d.toExponential(2)} (bound ${tol})`);
+  measured.push(`${name} (T=${tokens.length}, ${model.info.weightDtype}, KV ${model.info.kvDtype}): ${d.toExponential(2)} (bound ${tol})`);
   expect(d).toBeLessThanOrEqual(tol);
   return { model, got, want, d };
 }
@@ -145,7 +152,10 @@ describe('f16 / bf16 checkpoints loaded as stored (dtype auto)', () => {
   ] as const)('%s %s %s', async (dtype, preset, layout, tokens) => {
     const dir = await checkpoint({ preset, dtype, layout });
     const tol = dtype === 'bf16' ? BF16_AS_STORED_TOL : AS_STORED_TOL;
-    const { model } = await check(`${preset} ${dtype} ${layout} auto`, dir, [...tokens], tol);
+    // A bound tighter than an f16 KV cache's rounding (the default for 16-bit weights; tested
+    // below) gets an f32 cache, so this checks the weights alone.
+    const m = tol < KV_F16_TOL ? await load(dir, 'auto', 'f32') : undefined;
+    const { model } = await check(`${preset} ${dtype} ${layout} auto`, dir, [...tokens], tol, undefined, m);
     expect(model.info.weightDtype).toBe(dtype.toUpperCase());
   });
 
@@ -184,7 +194,6 @@ describe('f16 KV cache (kvCacheDtype f16)', () => {
   // against the f16-rounded reference: tiny 1.2e-6, small 2.3e-5 (T=37); against the plain one
   // (the rounding itself): 9.1e-5, 2.7e-4. KV_F16_TOL 1e-4: 4x the measured, and the test also
   // requires the f16 cache to be closer to the rounded reference than to the plain one.
-  const KV_F16_TOL = 1e-4;
   const models: Model[] = [];
   afterAll(() => models.forEach((m) => m.dispose()));
   const loadF16 = async (dir: string) => {
@@ -237,7 +246,25 @@ describe('f16 KV cache (kvCacheDtype f16)', () => {
 
   test("an unknown kvCacheDtype is an OptionError naming the option", async () => {
     const dir = await checkpoint({ preset: 'tiny' });
-    await expect(loadModel(dir, { kvCacheDtype: 'bf16' as never })).rejects.toThrow(/kvCacheDtype must be 'f32' or 'f16', got bf16/);
+    await expect(loadModel(dir, { kvCacheDtype: 'bf16' as never })).rejects.toThrow(/kvCacheDtype must be 'auto', 'f32' or 'f16', got bf16/);
+  });
+
+  test("the default ('auto') follows the weights: f16 cache for bf16/f16 weights, f32 for f32", async () => {
+    const dir = await checkpoint({ preset: 'tiny' });
+    const f16Dir = await checkpoint({ preset: 'tiny', dtype: 'f16' });
+    const cases = [
+      [dir, {}, 'F32', 'f32'],
+      [dir, { dtype: 'bf16' }, 'BF16', 'f16'],
+      [f16Dir, {}, 'F16', 'f16'],
+      [f16Dir, { dtype: 'f32' }, 'F32', 'f32'],
+      [dir, { dtype: 'bf16', kvCacheDtype: 'f32' }, 'BF16', 'f32'],
+      [dir, { kvCacheDtype: 'auto' }, 'F32', 'f32'],
+    ] as const;
+    for (const [d, opts, weightDtype, kvDtype] of cases) {
+      const m = await loadModel(d, { device: 'cpu', ...opts });
+      models.push(m);
+      expect([m.info.weightDtype, m.info.kvDtype]).toEqual([weightDtype, kvDtype]);
+    }
   });
 });
 

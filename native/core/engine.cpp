@@ -8,14 +8,18 @@
 namespace llmcore {
 
 std::unique_ptr<Engine> Engine::create(const EngineOptions& o) {
-  if (o.kv_dtype != "f32" && o.kv_dtype != "f16")  // before the (slow) weight load
-    throw Error(E_OPTION, "[engine] KV-cache dtype '" + o.kv_dtype + "': expected 'f32' or 'f16'");
+  if (o.kv_dtype != "auto" && o.kv_dtype != "f32" && o.kv_dtype != "f16")  // before the (slow) weight load
+    throw Error(E_OPTION, "[engine] KV-cache dtype '" + o.kv_dtype + "': expected 'auto', 'f32' or 'f16'");
   std::unique_ptr<Engine> e(new Engine());
   e->backend_ = create_backend(o.device, o.threads);
   e->model_ = Gpt2Model::load(*e->backend_, o.files, o.config, o.dtype);
   const Gpt2Config& c = e->model_->config();
+  // auto: the cache in the width the weights are kept in, as HF keeps it in the model's dtype
+  // (f16 rather than bf16: the same bytes, 3 more mantissa bits; the values are bounded).
+  const bool kv_f16 = o.kv_dtype == "f16" ||
+                      (o.kv_dtype == "auto" && e->model_->weight_dtype() != DType::F32);
   e->kv_ = std::make_unique<KvCache>(*e->backend_, int(c.n_layer), c.n_embd, int(c.n_head),
-                                     o.kv_dtype == "f16" ? DType::F16 : DType::F32);
+                                     kv_f16 ? DType::F16 : DType::F32);
   ThreadPool* pool = e->backend_->host_pool();
   e->samplers_.resize(pool ? size_t(pool->size()) : 1);
   return e;

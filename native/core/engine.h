@@ -23,7 +23,7 @@ struct EngineOptions {
   std::string device = "cpu";
   int threads = 0;                 // <= 0: one per core
   std::string dtype = "auto";      // matmul weight dtype: auto | f32 | f16 | bf16
-  std::string kv_dtype = "f32";    // KV-cache element dtype: f32 | f16
+  std::string kv_dtype = "auto";   // KV-cache element dtype: auto (f16 if the weights are kept in 16 bits) | f32 | f16
 };
 
 enum class LogitsMode : uint8_t { None = 0, Last = 1, All = 2 };

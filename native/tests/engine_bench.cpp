@@ -92,13 +92,13 @@ const char* op_label(const std::string& name) {
 int main(int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') {
     std::fprintf(stderr, "usage: engine_bench DIR [--batch=32] [--prompt=16] [--steps=32] "
-                         "[--dtype=auto|f32|f16|bf16] [--kv-dtype=f32|f16] [--threads=N] "
+                         "[--dtype=auto|f32|f16|bf16] [--kv-dtype=auto|f32|f16] [--threads=N] "
                          "[--device=cpu] [--rounds=N]\n");
     return 2;
   }
   const std::string dir = argv[1];
   int batch = 32, prompt = 16, steps = 32, threads = 0, rounds = 1;
-  std::string dtype = "auto", device = "cpu", kv_dtype = "f32";
+  std::string dtype = "auto", device = "cpu", kv_dtype = "auto";
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto val = [&](const char* key) -> const char* {
