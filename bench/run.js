@@ -3,7 +3,7 @@
 // info and medians of several runs; refuses any figure above its roofline (a broken clock or
 // a skipped computation, not a fast kernel).
 //   node bench/run.js [--runs N] [--dtypes f32,bf16] [--json FILE] [--quick]
-// Besides every dtype's rows, batch-32 decode once more with the f16 KV cache (first dtype).
+// Besides every dtype's rows, batch-32 decode once more with f32 weights and the f16 KV cache.
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
