@@ -178,7 +178,7 @@ double measure_read_bandwidth_gbs(ThreadPool& pool, size_t bytes) {
     for (size_t j = 0; j < len / 4; ++j) f[j] = 1.0f + float(j & 7);
   });
   // One sequential stream per thread is not always enough to saturate the memory system, and
-  // streams far apart are not the same as neighbouring ones (the GEMV reads 4 neighbouring
+  // streams far apart are not the same as neighbouring ones (the AVX2 GEMV reads 4 neighbouring
   // panels at once), so try several patterns and keep the best trial of any: the honest
   // maximum. chunk 0: the streams split the thread's share into equal far-apart parts.
   struct Pattern {
