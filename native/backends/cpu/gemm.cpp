@@ -296,8 +296,8 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   const int64_t nrb = skinny ? 1 : (M + mc_max - 1) / mc_max;
   const int64_t rb_base = amx ? std::min<int64_t>(M, mc_max) : M / nrb;
   const int64_t rb_extra = amx ? 0 : M % nrb;
-  // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task (for one
-  // row on AVX-512 the kernel reads those 4 panels one after another), many small tasks so the
+  // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task (on
+  // AVX-512 the kernel reads those G panels one after another), many small tasks so the
   // dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32
   // columns for AVX2) per task, fewer until there are >= 8 tasks per thread (>= 2 panels).
   // The last 2 G x threads panels of a skinny batch go in tasks of tail_ppt panels (2 for one

@@ -2,9 +2,10 @@
 // /bf16 -mfma -mf16c; called only when cpu_features() reports avx512f+bw+vl+dq (and the
 // kBF16Pairs format, which uses vdpbf16ps, is only ever packed when it also reports avx512bf16).
 // Self-contained like gemm_avx2.cpp, and built the same way so the two can be read side by side:
-// panels of 32 columns (two zmm per k-row), register tiles of R rows x G panels with
-// R * 2G <= 16 accumulators (R <= 8 for M >= 4; 2x96 / 3x64 for M = 2, 3). A lone row (the
-// batch-1 GEMV) reads one panel at a time (a 1x32 tile): see avx512_gemm_block.
+// panels of 32 columns (two zmm per k-row), register tiles of R rows x G panels. Unlike AVX2
+// (where 1-3 rows take 2-4 panels side by side), every tile here is one panel wide (R <= 8
+// rows x 32 columns, 2R accumulators): skinny batches stream one panel at a time, see
+// avx512_gemm_block. The G parameter stays so the two files keep the same shape.
 //
 // First compiled blind on Zen 3 (no AVX-512); since the seventh session it runs and passes
 // test-backend-ops and gemm_test on an AVX-512 + AVX512_BF16 machine (AMD Zen 4).
@@ -205,15 +206,14 @@ using TileFn = void (*)(const GemmCall&, const float*, int64_t, int64_t, int64_t
                        int, float*, int64_t, const uint8_t*);
 
 constexpr int kMaxR = 8;
-constexpr int kMaxG = 4;
+constexpr int kMaxG = 1;
 template <int FMT>
 struct Table {
   TileFn fn[kMaxR + 1][kMaxG + 1] = {};
   constexpr Table() {
-    fn[1][1] = tile<1, 1, FMT>; fn[1][2] = tile<1, 2, FMT>; fn[1][3] = tile<1, 3, FMT>;
-    fn[1][4] = tile<1, 4, FMT>;
-    fn[2][1] = tile<2, 1, FMT>; fn[2][2] = tile<2, 2, FMT>; fn[2][3] = tile<2, 3, FMT>;
-    fn[3][1] = tile<3, 1, FMT>; fn[3][2] = tile<3, 2, FMT>;
+    fn[1][1] = tile<1, 1, FMT>;
+    fn[2][1] = tile<2, 1, FMT>;
+    fn[3][1] = tile<3, 1, FMT>;
     fn[4][1] = tile<4, 1, FMT>; fn[5][1] = tile<5, 1, FMT>; fn[6][1] = tile<6, 1, FMT>;
     fn[7][1] = tile<7, 1, FMT>; fn[8][1] = tile<8, 1, FMT>;
   }
@@ -236,10 +236,11 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
   const int64_t K = c.K;
   const int64_t kc = (c.kc <= 0 || c.kc >= K) ? K : c.kc;
   const int64_t nkb = K == 0 ? 1 : (K + kc - 1) / kc;
-  // One row is bound by the DRAM stream, not the FMA chains: one panel at a time (one
-  // sequential stream per thread) beat four side by side by 4-10% on Zen 4 (`gemm_test
-  // --gemv-vs-read` with the two interleaved round by round, f32 and bf16), and two by ~2%.
-  const int G = rows == 1 ? 1 : rows == 2 ? 3 : rows == 3 ? 2 : 1;
+  // 1-3 rows are bound by the DRAM stream, not the FMA chains: one panel at a time (one
+  // sequential stream per thread) beat 4 / 3 / 2 panels side by side (M = 1 / 2 / 3) on Zen 4,
+  // `gemm_test --gemv-vs-read` with the variants interleaved round by round in one process:
+  // M = 1 +4-10%, M = 2 +1-10%, M = 3 +2% (f32 and bf16; more when the host reads faster).
+  constexpr int G = 1;
   const int64_t ntiles = rows <= 3 ? 1 : (rows + kMaxR - 1) / kMaxR;
   const int64_t base = rows / ntiles, extra = rows % ntiles;
   const int64_t sc_pstride = rows * NR;
