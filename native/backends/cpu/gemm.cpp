@@ -298,12 +298,13 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   const int64_t rb_extra = amx ? 0 : M % nrb;
   // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task (on
   // AVX-512 the kernel reads those G panels one after another), many small tasks so the
-  // dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32
-  // columns for AVX2) per task, fewer until there are >= 8 tasks per thread (>= 2 panels).
+  // dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32 columns for AVX2) per
+  // task, fewer until there are >= 8 tasks per thread (>= 2 panels).
   // The last 2 G x threads panels of a skinny batch go in tasks of tail_ppt panels (2 for one
   // row, 1 otherwise), so the threads end within a task of each other (a short GEMV is only
-  // ~100 us). A lone row keeps two panel streams in its tail tasks: with one (a 1 x 16 tile)
-  // those panels took ~1.5x longer per byte, a sixth of a batch-1 step's GEMV time.
+  // ~100 us). On AVX2 a lone row keeps two panel streams in its tail tasks: with one (a 1 x 16
+  // tile) those panels took ~1.5x longer per byte on Zen 3, a sixth of a batch-1 step's GEMV
+  // time (AVX-512's 1 x 32 tile is two zmm per k-row and streams fine alone).
   const int64_t g = amx ? 4 : M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
   // Panel blocks [0, head_tasks) are ppt panels wide (the last one possibly narrower) and cover
   // panels [0, head_panels); the remaining panels go tail_ppt per task.
