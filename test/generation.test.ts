@@ -39,9 +39,17 @@ async function collect(it: AsyncIterable<StreamChunk>): Promise<StreamChunk[]> {
 const tokenText = (m: Model, t: number) => m.tokenizer.decode([t]);
 // Releases of ended sequences run between steps, after the results: poll (up to 2 s, a loaded
 // CI machine) until the count settles at the expected value instead of sleeping a fixed time.
+// The engine refuses the query while a step runs ("a step is running"): that is not settled yet.
 async function settlesTo(read: () => number, want: number): Promise<void> {
   const deadline = Date.now() + 2000;
-  while (read() !== want && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+  const settled = () => {
+    try {
+      return read() === want;
+    } catch {
+      return false;
+    }
+  };
+  while (!settled() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
   expect(read()).toBe(want);
 }
 
