@@ -25,8 +25,10 @@
 // the new generation and does not wait.
 #include "core/thread_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <exception>
 #include <memory>
@@ -207,6 +209,71 @@ void ThreadPool::run(int64_t n, void (*fn)(void* ctx, int64_t i, int tid), void*
     });
   }
   if (err) std::rethrow_exception(err);
+}
+
+// Shares: 2 x threads slots of packed [lo, hi) ranges (lo in the low 32 bits). Slots
+// [0, threads) start with the contiguous split, the rest empty: they are where a thread that
+// joins late (and finds the first items taken) keeps what it steals. An owner takes pieces off
+// the front of its slot, a thief the back half of another's, both by CAS on the same word, so
+// no item is taken twice. A stolen range is stored into the thief's (empty) slot, where others
+// may in turn steal from it; the thief works it front to back like its own.
+void ThreadPool::run_shares(int64_t n, int64_t step, int64_t min_steal,
+                            void (*fn)(void* ctx, int64_t begin, int64_t end, int tid), void* ctx) {
+  if (n <= 0) return;
+  if (step < 1) step = 1;
+  if (min_steal < 1) min_steal = 1;
+  if (n_threads_ == 1 || n <= step || t_in_loop > 0 || n > int64_t(UINT32_MAX)) {
+    LoopDepth depth;
+    for (int64_t b = 0; b < n; b += step) fn(ctx, b, b + step < n ? b + step : n, 0);
+    return;
+  }
+  const int nt = n_threads_;
+  const int slots = 2 * nt;
+  std::unique_ptr<PaddedAtomicU64[]> share(new PaddedAtomicU64[size_t(slots)]);
+  auto pack = [](int64_t lo, int64_t hi) { return uint64_t(lo) | (uint64_t(hi) << 32); };
+  // Share boundaries on multiples of step (the pieces a caller's kernel is built for), but
+  // the last.
+  auto bound = [&](int i) { return i >= nt ? n : std::min(n, (n * i / nt + step / 2) / step * step); };
+  for (int i = 0; i < slots; ++i) {
+    const int64_t lo = i < nt ? bound(i) : 0, hi = i < nt ? bound(i + 1) : 0;
+    share[size_t(i)].v.store(pack(lo, hi), std::memory_order_relaxed);
+  }
+  struct Job {
+    PaddedAtomicU64* share;
+    int slots;
+    int64_t step, min_steal;
+    void (*fn)(void*, int64_t, int64_t, int);
+    void* ctx;
+  } job{share.get(), slots, step, min_steal, fn, ctx};
+  parallel_for(slots, [&job](int64_t item, int tid) {
+    std::atomic<uint64_t>& mine = job.share[item].v;
+    for (;;) {
+      for (;;) {  // own range, front to back
+        uint64_t cur = mine.load(std::memory_order_relaxed);
+        const int64_t lo = int64_t(cur & 0xffffffffu), hi = int64_t(cur >> 32);
+        if (lo >= hi) break;
+        const int64_t end = hi - lo > job.step ? lo + job.step : hi;
+        if (mine.compare_exchange_weak(cur, uint64_t(end) | (uint64_t(hi) << 32), std::memory_order_relaxed))
+          job.fn(job.ctx, lo, end, tid);
+      }
+      int victim = -1;
+      int64_t most = 0;
+      for (int j = 0; j < job.slots; ++j) {
+        const uint64_t v = job.share[j].v.load(std::memory_order_relaxed);
+        const int64_t left = int64_t(v >> 32) - int64_t(v & 0xffffffffu);
+        if (left > most) most = left, victim = j;
+      }
+      if (victim < 0) return;  // nothing left to take (pieces in flight finish on their takers)
+      std::atomic<uint64_t>& theirs = job.share[victim].v;
+      uint64_t cur = theirs.load(std::memory_order_relaxed);
+      const int64_t lo = int64_t(cur & 0xffffffffu), hi = int64_t(cur >> 32);
+      if (lo >= hi) continue;
+      int64_t take = (hi - lo) / 2;
+      if (take < job.min_steal) take = hi - lo < job.min_steal ? hi - lo : job.min_steal;
+      if (theirs.compare_exchange_strong(cur, uint64_t(lo) | (uint64_t(hi - take) << 32), std::memory_order_relaxed))
+        mine.store(uint64_t(hi - take) | (uint64_t(hi) << 32), std::memory_order_relaxed);
+    }
+  });
 }
 
 }  // namespace llmcore

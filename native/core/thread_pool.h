@@ -28,6 +28,22 @@ class ThreadPool {
 
   void run(int64_t n, void (*fn)(void* ctx, int64_t i, int tid), void* ctx);
 
+  // For streaming loops over [0, n): each thread gets one contiguous share and walks it front
+  // to back, calling fn(begin, end, thread_id) on pieces of at most `step` items, so it reads
+  // one sequential region instead of pieces scattered among the threads. A thread whose share
+  // is done steals the back half (at least min_steal items) of the largest share left, so a
+  // thread that starts late or is descheduled holds nothing up. Every item is in exactly one
+  // call; calls of one thread are in increasing order within each share it works on.
+  template <class F>
+  void parallel_shares(int64_t n, int64_t step, int64_t min_steal, F&& fn) {
+    using Fn = typename std::remove_reference<F>::type;
+    run_shares(n, step, min_steal,
+               [](void* ctx, int64_t b, int64_t e, int tid) { (*static_cast<Fn*>(ctx))(b, e, tid); }, &fn);
+  }
+
+  void run_shares(int64_t n, int64_t step, int64_t min_steal,
+                  void (*fn)(void* ctx, int64_t begin, int64_t end, int tid), void* ctx);
+
  private:
   struct State;
   State* state_;

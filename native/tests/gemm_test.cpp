@@ -27,6 +27,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -132,6 +133,59 @@ std::vector<Isa> supported_isas() {
 // ---------------------------------------------------------------------------------------------
 // Thread pool.
 
+// parallel_shares: every item in exactly one call, pieces of 1..step items, a thread's pieces
+// in increasing order within a share, and a stalled thread's share finished by the others.
+void test_parallel_shares(ThreadPool& pool) {
+  const int nt = pool.size();
+  std::vector<int> hits(5000);
+  std::mutex mu;
+  for (int rep = 0; rep < 600; ++rep) {
+    const int64_t n = rep % 5 == 0 ? rep % 7 : (rep * 131) % 5000 + 1;
+    const int64_t step = 1 + rep % 6, min_steal = 1 + rep % 3;
+    std::fill(hits.begin(), hits.begin() + n, 0);
+    std::vector<std::pair<int64_t, int64_t>> last(size_t(nt), {-1, -1});  // per tid: last piece
+    int bad_piece = 0, backwards = 0;
+    const bool stall = rep % 10 == 9;  // the first piece stalls: the rest must go elsewhere
+    std::atomic<int> stalled{0};
+    pool.parallel_shares(n, step, min_steal, [&](int64_t b, int64_t e, int tid) {
+      if (stall && stalled.exchange(1) == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      std::lock_guard<std::mutex> lock(mu);
+      if (b < 0 || e > n || e - b < 1 || e - b > step || tid < 0 || tid >= nt) ++bad_piece;
+      // Within one share a thread moves forward; a new share (a steal) starts anywhere, so only
+      // a piece that starts inside or right after the previous one is held to the order.
+      auto& prev = last[size_t(tid)];
+      if (prev.first >= 0 && b > prev.first && b < prev.second) ++backwards;
+      prev = {b, e};
+      for (int64_t i = b; i < e && i < n; ++i) ++hits[size_t(i)];
+    });
+    int wrong = 0;
+    for (int64_t i = 0; i < n; ++i) wrong += hits[size_t(i)] != 1;
+    CHECK(wrong == 0 && bad_piece == 0 && backwards == 0,
+          "parallel_shares(%d threads) rep %d n %" PRId64 " step %" PRId64 ": %d items not hit once, "
+          "%d bad pieces, %d overlapping",
+          nt, rep, n, step, wrong, bad_piece, backwards);
+  }
+  // A stalled thread's share is stolen: one piece sleeps 20 ms, far longer than the ~0.5 ms of
+  // work in all 100 pieces, so the other threads must do all but that piece. Without stealing
+  // they would do only their own shares, 100 - 100 / threads pieces.
+  if (nt >= 2) {
+    std::atomic<int> stall_tid{-1}, others{0};
+    pool.parallel_shares(400, 4, 2, [&](int64_t, int64_t, int tid) {
+      int none = -1;
+      if (stall_tid.compare_exchange_strong(none, tid)) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        return;
+      }
+      if (tid != stall_tid.load()) others.fetch_add(1, std::memory_order_relaxed);
+      const double t_end = now_s() + 5e-6;
+      while (now_s() < t_end) {
+      }
+    });
+    CHECK(others.load() >= 100 - 100 / (2 * nt),
+          "parallel_shares(%d threads): %d pieces ran beside a stalled thread (no stealing?)", nt, others.load());
+  }
+}
+
 void test_thread_pool() {
   for (int nt : {1, 2, 3, 5}) {
     ThreadPool pool(nt);
@@ -174,6 +228,7 @@ void test_thread_pool() {
       pool.parallel_for(10, [&](int64_t j, int) { sum.fetch_add(i * 10 + j); });
     });
     CHECK(sum.load() == 79 * 80 / 2, "nested loops: sum %" PRId64, sum.load());
+    test_parallel_shares(pool);
   }
   ThreadPool zero(0);
   CHECK(zero.size() == 1, "ThreadPool(0) size %d", zero.size());
