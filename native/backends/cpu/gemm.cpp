@@ -296,17 +296,17 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   const int64_t nrb = skinny ? 1 : (M + mc_max - 1) / mc_max;
   const int64_t rb_base = amx ? std::min<int64_t>(M, mc_max) : M / nrb;
   const int64_t rb_extra = amx ? 0 : M % nrb;
-  // Panel blocks. Skinny batches (M <= 3) stream W once, in pieces of one G-panel group (on
-  // AVX-512 the kernel reads those G panels one after another): on the vector kernels each
-  // thread walks a contiguous share (below, at the call); on AMX many small tasks so the
-  // dynamic schedule ends evenly, the last 2 G x threads panels in tasks of tail_ppt panels
-  // (2 for one row, 1 otherwise), so the threads end within a task of each other (a short
-  // GEMV is only ~100 us). tail_ppt is also the least a thread steals from another's share.
-  // On AVX2 a lone row keeps two panel streams in its tail pieces: with one (a 1 x 16 tile)
-  // those panels took ~1.5x longer per byte on Zen 3, a sixth of a batch-1 step's GEMV time
-  // (AVX-512's 1 x 32 tile is two zmm per k-row and streams fine alone). Otherwise up to 8
-  // panels (128 fp32 columns for AVX2) per task, fewer until there are >= 8 tasks per thread
-  // (>= 2 panels).
+  // Panel blocks. Skinny batches (M <= 3) stream W once: one G-panel group per task (on
+  // AVX-512 the kernel reads those G panels one after another), many small tasks so the
+  // dynamic schedule ends evenly. Otherwise up to 8 panels (128 fp32 columns for AVX2) per
+  // task, fewer until there are >= 8 tasks per thread (>= 2 panels). Up to 16 rows on the
+  // vector kernels, those tasks are the pieces of contiguous per-thread shares (at the call).
+  // The last 2 G x threads panels of a skinny batch go in tasks of tail_ppt panels (2 for one
+  // row, 1 otherwise; in shares, the least a thread steals), so the threads end within a task
+  // of each other (a short GEMV is only ~100 us). On AVX2 a lone row keeps two panel streams
+  // in its tail tasks: with one (a 1 x 16 tile) those panels took ~1.5x longer per byte on
+  // Zen 3, a sixth of a batch-1 step's GEMV time (AVX-512's 1 x 32 tile is two zmm per k-row
+  // and streams fine alone).
   const int64_t g = amx ? 4 : M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
   // Panel blocks [0, head_tasks) are ppt panels wide (the last one possibly narrower) and cover
   // panels [0, head_panels); the remaining panels go tail_ppt per task.
@@ -369,15 +369,21 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     return true;
   };
   const int64_t ntasks = nrb * npb;
-  if (skinny && !amx) {
-    // One contiguous share of the panels per thread, walked g panels at a time: each thread
-    // streams one region of W from start to end instead of g-panel pieces interleaved with the
-    // other threads'. Interleaved A/B on Zen 4 (engine_bench batch 1, rounds alternating in
-    // one process): bf16 steps 6-11% faster, f32 2%; `gemm_test --gemv-vs-read` M = 1 bf16
-    // 0.88-0.91 -> 0.96-0.98 of a plain read when the host reads ~45 GB/s. The tail balances
-    // by stealing (at least tail_ppt panels at a time), as the small tail tasks did.
-    pool.parallel_shares(np, g, tail_ppt, [&](int64_t p0, int64_t p1, int) {
-      if (!run_block(ctx, 0, M, p0, p1, nullptr)) oom.store(true, std::memory_order_relaxed);
+  if ((skinny || M <= 16) && !amx) {
+    // Up to 16 rows the GEMM is bound by streaming W (nrb is 1): each thread gets one
+    // contiguous share of the panels and walks it front to back, ppt panels at a time, instead
+    // of ppt-panel tasks interleaved with the other threads'; the tail balances by stealing (at
+    // least tail_ppt panels at a time), as the small tail tasks did. Tall tiles prefetch the
+    // panel after their block, which is where the thread goes next unless its share ends.
+    // Interleaved A/B on Zen 4 (engine_bench, rounds alternating in one process, vs the
+    // interleaved tasks): M = 1 bf16 +2-11%, f32 +2-7%; M = 2 +5-10%; M = 3 +10-20%; M = 4-16
+    // +1-3%; 32 rows no difference (so they keep the tasks below). AVX2 kernels on the same
+    // CPU: within +-3%. `gemm_test --gemv-vs-read` M = 1 bf16 when the host reads ~45 GB/s:
+    // 0.88-0.91 -> 0.96 of a plain read.
+    const int64_t pbytes = W.panel_bytes;
+    pool.parallel_shares(np, ppt, tail_ppt, [&](int64_t p0, int64_t p1, int) {
+      const uint8_t* next_w = p1 < np ? c.w + p1 * pbytes : nullptr;
+      if (!run_block(ctx, 0, M, p0, p1, next_w)) oom.store(true, std::memory_order_relaxed);
     });
   } else if (skinny || W.isa == Isa::Scalar || threads == 1) {
     pool.parallel_for(ntasks, [&](int64_t i, int) {
