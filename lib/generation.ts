@@ -216,6 +216,17 @@ class SequenceRun implements ActiveSequence {
     this.pending.push(token);
   }
 
+  nextStepBans(): number[] | null {
+    if (this.done || (this.forkSeeds?.length ?? 0) > 0) return null;
+    // n-gram and multi-token bad-word bans depend on the token being sampled now
+    if (this.opts.noRepeatNgramSize > 0 || this.opts.badWordsIds.some((w) => w.length > 1)) return null;
+    const after = this.out.tokens.length + 1;  // generated once the step in flight is in
+    if (after >= this.budget) return null;     // its token is the last: nothing is fed after it
+    // What is left depends only on how many tokens there are, not on which.
+    return bannedTokens(this.prompt, new Array<number>(after).fill(0), this.minNewTokens, this.opts,
+      this.ctx.config.eosTokenId);
+  }
+
   onForked(ids: Int32Array, sampled: Int32Array): void {
     this.forkSeeds = undefined;  // once: its later steps sample for itself alone
     this.forkRuns.forEach((run, j) => run.attach(ids[j], sampled[j]));

@@ -37,6 +37,9 @@ export interface NativeEngineInfo {
 
 export const PARAMS_PER_ITEM = 7;
 
+/** As an item's only token: what its sequence sampled in its last step (native kLastSampled). */
+export const LAST_SAMPLED = -1;
+
 /** One batched forward pass; item i covers tokens[sum(counts[0..i)) .. +counts[i]). */
 export interface NativeStepRequest {
   seqs: Int32Array;
@@ -78,6 +81,7 @@ export interface NativeEngine {
   releaseSequence(id: number): void;
   sequenceLength(id: number): number;
   kvBlocksInUse(): number;
+  /** Steps run in the order they were submitted; one may be submitted while another runs. */
   step(request: NativeStepRequest): Promise<NativeStepResult>;
   dispose(): void;
 }
@@ -112,7 +116,7 @@ export interface NativeAddon {
 let addon: NativeAddon | undefined;
 
 /** The native surface this facade was written for (native/core/backend.h kInterfaceVersion). */
-export const NATIVE_INTERFACE_VERSION = 4;
+export const NATIVE_INTERFACE_VERSION = 5;
 
 /** Loads the compiled addon (a prebuild or build/Release) on first use. */
 export function native(): NativeAddon {

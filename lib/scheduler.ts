@@ -2,7 +2,14 @@
 // goes into one batched native step: pending prompt chunks and one decode token per running
 // sequence. Native sequence bookkeeping (new/fork/release) runs only between steps, so it
 // never waits on one. One loop per model; it runs while there is work and then stops.
-import { PARAMS_PER_ITEM, type NativeEngine, type NativeStepRequest } from './native';
+//
+// Lookahead: when every active sequence is decoding and its owner can say what its next step
+// will be if it does not end (nextStepBans), the next step is submitted before the current
+// one's result is back, each sequence fed "its last sampled token" (the engine runs steps in
+// order). The steps are the ones the loop would have made anyway, so the tokens are too; what
+// goes is the round trip between steps (~0.45 ms each on a 2-vCPU VM). A sequence that ends in
+// the current step has one step computed for nothing, which its release then frees.
+import { LAST_SAMPLED, PARAMS_PER_ITEM, type NativeEngine, type NativeStepRequest, type NativeStepResult } from './native';
 import { wrapNativeError } from './errors';
 
 /** Which positions' logits a step returns for a sequence. */
@@ -43,11 +50,30 @@ export interface ActiveSequence {
    */
   onForked?(ids: Int32Array, sampled: Int32Array): void;
   onError(err: unknown): void;
+  /**
+   * Asked while a step that samples this sequence (and feeds all its pending tokens) is in
+   * flight: if, unless that step ends it, the owner will feed exactly the sampled token next,
+   * with the same params and no logits, the bans that next step will have; otherwise null (its
+   * bans depend on the token, or that token is its last). Absent: null.
+   */
+  nextStepBans?(): readonly number[] | null;
+}
+
+type Batch = Array<{ seq: ActiveSequence; tokens: number[]; take: number }>;
+
+/** A submitted step; `ahead`: submitted before the previous step's result was handled. */
+interface InFlight {
+  batch: Batch;
+  req: NativeStepRequest;
+  result: Promise<NativeStepResult>;
+  ahead: boolean;
 }
 
 export class Scheduler {
   /** Prompt tokens per step across all sequences: large enough to keep the GEMMs efficient. */
   static maxStepTokens = 2048;
+  /** Submit the next step before the current one's result when it is known (file comment). */
+  static lookahead = true;
 
   private readonly active = new Set<ActiveSequence>();
   private readonly between: Array<{ run: () => void; fail: (reason: unknown) => void }> = [];
@@ -98,44 +124,36 @@ export class Scheduler {
 
   private async loop(): Promise<void> {
     try {
-      while (!this.closed && (this.between.length > 0 || this.active.size > 0)) {
-        for (const op of this.between.splice(0)) op.run();
-        const batch = this.takeBatch();
-        if (batch.length === 0) continue;
-        let result;
-        const req = this.request(batch);
+      let next: InFlight | null = null;
+      while (!this.closed && (next || this.between.length > 0 || this.active.size > 0)) {
+        let step: InFlight;
+        if (next) {
+          step = next;
+          next = null;
+        } else {
+          for (const op of this.between.splice(0)) op.run();
+          const batch = this.takeBatch();
+          if (batch.length === 0) continue;
+          step = this.submit(batch, this.request(batch), false);
+        }
+        next = this.lookahead(step);
+        let result: NativeStepResult;
         try {
-          result = await this.engine.step(req);
+          result = await step.result;
         } catch (err) {
           const e = wrapNativeError(err);
-          for (const { seq } of batch) {
+          for (const { seq } of step.batch) {
             this.active.delete(seq);
             seq.onError(e);
           }
+          // The step queued behind it fed the same sequences (the engine refuses to feed them a
+          // sample it did not make: it fails too). Let it end before the releases run.
+          if (next) await next.result.catch(() => undefined);
+          next = null;
           continue;
         }
         if (this.closed) break;
-        let row = 0;
-        let fork = 0;
-        batch.forEach(({ seq, take }, i) => {
-          const forks = req.forkCounts[i];
-          const forkIds = result.forkIds.subarray(fork, fork + forks);
-          const forkSampled = result.forkSampled.subarray(fork, fork + forks);
-          fork += forks;
-          const rows = seq.logits === LogitsMode.All ? take : seq.logits === LogitsMode.Last ? 1 : 0;
-          const logits = rows > 0 ? result.logits.subarray(row * this.vocabSize, (row + rows) * this.vocabSize) : null;
-          const lse = rows > 0 ? result.logsumexp.subarray(row, row + rows) : null;
-          row += rows;
-          try {
-            if (forks > 0) seq.onForked!(forkIds, forkSampled);
-            seq.onStep(result.sampled[i], logits, seq.pending.length === 0, lse);
-          } catch (err) {
-            seq.cancelled = true;
-            seq.onError(err);
-          }
-          // Still in the batch only if the owner gave it more to feed.
-          if (seq.cancelled || seq.pending.length === 0) this.active.delete(seq);
-        });
+        this.deliver(step, result, next);
       }
     } finally {
       this.running = false;
@@ -143,9 +161,73 @@ export class Scheduler {
     }
   }
 
+  private submit(batch: Batch, req: NativeStepRequest, ahead: boolean): InFlight {
+    const result = this.engine.step(req);
+    result.catch(() => undefined);  // handled where awaited; not awaited if the loop stops first
+    return { batch, req, result, ahead };
+  }
+
+  /** The step after `step`, submitted now if it is already known (see the file comment). */
+  private lookahead(step: InFlight): InFlight | null {
+    if (!Scheduler.lookahead || this.closed || this.between.length > 0) return null;
+    const inStep = new Set(step.batch.map((b) => b.seq));
+    const bans: Array<readonly number[]> = [];
+    for (const seq of this.active) {
+      if (!inStep.has(seq) || seq.cancelled || seq.pending.length > 0 || !seq.sample) return null;
+      if (seq.logits !== LogitsMode.None || (seq.forkSeeds?.length ?? 0) > 0) return null;
+      const b = seq.nextStepBans?.() ?? null;
+      if (b === null) return null;
+      bans.push(b);
+    }
+    if (bans.length === 0) return null;
+    const batch: Batch = [...this.active].map((seq) => ({ seq, tokens: [LAST_SAMPLED], take: 1 }));
+    return this.submit(batch, this.request(batch, bans), true);
+  }
+
+  /** Hands a step's rows to their sequences; `next` (if any) already feeds some of them. */
+  private deliver(step: InFlight, result: NativeStepResult, next: InFlight | null): void {
+    const fedAhead = new Set(next ? next.batch.map((b) => b.seq) : []);
+    let row = 0;
+    let fork = 0;
+    step.batch.forEach(({ seq, take }, i) => {
+      const forks = step.req.forkCounts[i];
+      const forkIds = result.forkIds.subarray(fork, fork + forks);
+      const forkSampled = result.forkSampled.subarray(fork, fork + forks);
+      fork += forks;
+      const rows = seq.logits === LogitsMode.All ? take : seq.logits === LogitsMode.Last ? 1 : 0;
+      const logits = rows > 0 ? result.logits.subarray(row * this.vocabSize, (row + rows) * this.vocabSize) : null;
+      const lse = rows > 0 ? result.logsumexp.subarray(row, row + rows) : null;
+      row += rows;
+      // A sequence fed ahead that has ended since (abort) takes no more rows: its release
+      // waits for the steps in flight.
+      if (step.ahead && seq.cancelled) {
+        this.active.delete(seq);
+        return;
+      }
+      const sampled = result.sampled[i];
+      try {
+        if (forks > 0) seq.onForked!(forkIds, forkSampled);
+        seq.onStep(sampled, logits, seq.pending.length === 0, lse);
+        if (fedAhead.has(seq) && !seq.cancelled) {
+          // The owner queued its sample, as nextStepBans promised; the next step feeds it.
+          if (seq.pending.length !== 1 || seq.pending[0] !== sampled)
+            throw new Error(`[llmcore] internal error: sequence ${seq.id} was fed ahead, but its owner queued ` +
+              `${JSON.stringify(seq.pending)} after sampling ${sampled}`);
+          seq.pending.length = 0;
+          return;  // stays active: its next row comes from `next`
+        }
+      } catch (err) {
+        seq.cancelled = true;
+        seq.onError(err);
+      }
+      // Still in the batch only if the owner gave it more to feed.
+      if (seq.cancelled || seq.pending.length === 0) this.active.delete(seq);
+    });
+  }
+
   /** Decode tokens first (latency), then prompt chunks up to the step budget. */
-  private takeBatch(): Array<{ seq: ActiveSequence; tokens: number[]; take: number }> {
-    const batch: Array<{ seq: ActiveSequence; tokens: number[]; take: number }> = [];
+  private takeBatch(): Batch {
+    const batch: Batch = [];
     let budget = Scheduler.maxStepTokens;
     const ordered = [...this.active].sort((a, b) => a.pending.length - b.pending.length);
     for (const seq of ordered) {
@@ -162,11 +244,13 @@ export class Scheduler {
     return batch;
   }
 
-  private request(batch: Array<{ seq: ActiveSequence; tokens: number[]; take: number }>): NativeStepRequest {
+  /** The native request for `batch`; `bans`: per item, in place of its sequence's `banned`. */
+  private request(batch: Batch, bans?: ReadonlyArray<readonly number[]>): NativeStepRequest {
     const n = batch.length;
     const total = batch.reduce((s, b) => s + b.take, 0);
     const sampled = (seq: ActiveSequence) => seq.pending.length === 0 && seq.sample;
-    const totalBanned = batch.reduce((s, b) => s + (sampled(b.seq) ? b.seq.banned.length : 0), 0);
+    const bannedOf = (seq: ActiveSequence, i: number) => (bans ? bans[i] : seq.banned);
+    const totalBanned = batch.reduce((s, b, i) => s + (sampled(b.seq) ? bannedOf(b.seq, i).length : 0), 0);
     const forkSeeds = (seq: ActiveSequence) => (sampled(seq) && seq.onForked ? seq.forkSeeds ?? [] : []);
     const totalForks = batch.reduce((s, b) => s + forkSeeds(b.seq).length, 0);
     const req: NativeStepRequest = {
@@ -193,9 +277,10 @@ export class Scheduler {
       req.sample[i] = sampled(seq) ? 1 : 0;
       req.params.set(seq.params, PARAMS_PER_ITEM * i);
       if (sampled(seq)) {
-        req.banned.set(seq.banned, bannedOffset);
-        req.bannedCounts[i] = seq.banned.length;
-        bannedOffset += seq.banned.length;
+        const banned = bannedOf(seq, i);
+        req.banned.set(banned, bannedOffset);
+        req.bannedCounts[i] = banned.length;
+        bannedOffset += banned.length;
       }
       const seeds = forkSeeds(seq);
       req.forkSeeds.set(seeds, forkOffset);

@@ -12,6 +12,7 @@ import {
   argmax, checkpoint, countingSteps, freshModel, model, mutableCopy, penalize, rewriteSafetensors, row, sortedDesc,
   tokenSequence, type CheckpointOptions,
 } from './helpers/fixtures';
+import { Scheduler } from '../lib/scheduler';
 
 const TINY: CheckpointOptions = { preset: 'tiny' };
 const SMALL: CheckpointOptions = { preset: 'small' };
@@ -169,6 +170,117 @@ describe('batching and concurrency', () => {
     const a = await tiny.generate('Deterministic?', greedy({ maxNewTokens: 15 }));
     const b = await tiny.generate('Deterministic?', greedy({ maxNewTokens: 15 }));
     expect(b.sequences).toEqual(a.sequences);
+  });
+});
+
+// -------------------------------------------------------------------------------------------
+describe('step lookahead (the next decode step submitted before the current one returns)', () => {
+  // Scheduler.lookahead off makes every step wait for the previous result: the reference.
+  async function bothWays<T>(m: Model, fn: () => Promise<T>) {
+    const on = await countingSteps(m, fn);
+    Scheduler.lookahead = false;
+    try {
+      const off = await countingSteps(m, fn);
+      return { on, off };
+    } finally {
+      Scheduler.lookahead = true;
+    }
+  }
+
+  test('same tokens, text and finish reasons with and without it, over the options that allow it', async () => {
+    const plain = (await tiny.generate('Look ahead', greedy({ maxNewTokens: 12 }))).sequences[0].text;
+    const cases: Array<[string | number[], GenerateOptions]> = [
+      ['Look ahead', greedy({ maxNewTokens: 24 })],
+      ['Look ahead', { doSample: true, seed: 5, temperature: 0.9, topK: 40, topP: 0.95, repetitionPenalty: 1.3, maxNewTokens: 24 }],
+      [tokenSequence(10, 2), { doSample: true, seed: 9, maxNewTokens: 16, numReturnSequences: 3 }],
+      ['Look ahead', greedy({ maxNewTokens: 16, minNewTokens: 8, badWordsIds: [[11], [13]] })],
+      // a stop string from the middle of the greedy text: ends while the next step is in flight
+      ['Look ahead', greedy({ maxNewTokens: 24, stop: [plain.slice(Math.floor(plain.length / 2), Math.floor(plain.length / 2) + 3)] })],
+    ];
+    for (const [prompt, o] of cases) {
+      const { on, off } = await bothWays(tiny, () => tiny.generate(prompt, o));
+      expect(on.result.sequences).toEqual(off.result.sequences);
+      // The same steps, only submitted earlier; a lone sequence that ends before its length
+      // (the stop string) had one more queued behind its last, computed for nothing.
+      const early = on.result.sequences.length === 1 && on.result.sequences[0].finishReason !== 'length';
+      expect(on.steps).toBe(off.steps + (early ? 1 : 0));
+      expect(on.aheadSteps).toBeGreaterThan(0);
+      expect(off.aheadSteps).toBe(0);
+    }
+    expect((await tiny.generate('Look ahead', cases[4][1])).sequences[0].finishReason).toBe('stop');
+  });
+
+  test('concurrent calls of different lengths, and n-gram bans (no lookahead for those) mixed in', async () => {
+    const run = () => Promise.all([
+      tiny.generate('First of three', greedy({ maxNewTokens: 20 })),
+      tiny.generate(tokenSequence(7, 3), { doSample: true, seed: 3, maxNewTokens: 9 }),
+      tiny.generate('Third, with bans', greedy({ maxNewTokens: 14, noRepeatNgramSize: 2 })),
+    ]);
+    const { on, off } = await bothWays(tiny, run);
+    expect(on.result.map((r) => r.sequences)).toEqual(off.result.map((r) => r.sequences));
+    expect(off.aheadSteps).toBe(0);
+    // alone, a call with noRepeatNgramSize is never looked ahead (its bans depend on each token)
+    const ngram = await countingSteps(tiny, () => tiny.generate('Third, with bans', greedy({ maxNewTokens: 14, noRepeatNgramSize: 2 })));
+    expect(ngram.aheadSteps).toBe(0);
+    expect(ngram.result.sequences).toEqual(on.result[2].sequences);
+  });
+
+  test('sequences ending with a step in flight (stop, abort) give back every KV block', async () => {
+    const m = await freshModel(TINY);
+    const blocksInUse = () => (m as unknown as { engine: { kvBlocksInUse(): number } }).engine.kvBlocksInUse();
+    try {
+      const plain = (await m.generate('Give back', greedy({ maxNewTokens: 30 }))).sequences[0].text;
+      const stop = plain.slice(20, 24);
+      const r = await m.generate('Give back', greedy({ maxNewTokens: 30, stop: [stop], numReturnSequences: 1 }));
+      expect(r.sequences[0].finishReason).toBe('stop');
+      const ac = new AbortController();
+      let chunks = 0;
+      for await (const c of m.stream('Give back', { doSample: true, seed: 2, maxNewTokens: 100, signal: ac.signal })) {
+        if (++chunks === 5) ac.abort();
+        if (c.finishReason) expect(c.finishReason).toBe('abort');
+      }
+      await settlesTo(blocksInUse, 0);
+      expect((await m.generate('Give back', greedy({ maxNewTokens: 30 }))).sequences[0].text).toBe(plain);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  test('native: an item fed its last sample (-1) needs a step that sampled it, even after a failed step', async () => {
+    type Step = (r: Record<string, unknown>) => Promise<{ sampled: Int32Array; logits: Float32Array }>;
+    const m = await freshModel(TINY);
+    const engine = (m as unknown as { engine: { newSequence(s: number): number; step: Step } }).engine; // white-box
+    const req = (items: Array<{ seq: number; tokens: number[]; sample?: boolean; logits?: number }>) => ({
+      seqs: Int32Array.from(items.map((i) => i.seq)),
+      counts: Int32Array.from(items.map((i) => i.tokens.length)),
+      tokens: Int32Array.from(items.flatMap((i) => i.tokens)),
+      logits: Uint8Array.from(items.map((i) => i.logits ?? 0)),
+      sample: Uint8Array.from(items.map((i) => (i.sample ? 1 : 0))),
+      params: new Float32Array(items.flatMap(() => [0, 1, 0, 1, 1, 0, 1])),
+      banned: new Int32Array(0),
+      bannedCounts: new Int32Array(items.length),
+      forkSeeds: new Float64Array(0),
+      forkCounts: new Int32Array(items.length),
+    });
+    try {
+      const a = engine.newSequence(1);
+      const b = engine.newSequence(1);
+      await expect(engine.step(req([{ seq: a, tokens: [-1] }]))).rejects.toMatchObject({ code: 'E_OPTION', message: expect.stringMatching(/sampled none/) });
+      await engine.step(req([{ seq: a, tokens: [1, 2, 3] }])); // fed, not sampled: still none
+      await expect(engine.step(req([{ seq: a, tokens: [-1] }]))).rejects.toMatchObject({ code: 'E_OPTION' });
+      // submitted back to back, run in order: the second is fed what the first sampled
+      const first = engine.step(req([{ seq: a, tokens: [4], sample: true }, { seq: b, tokens: [1, 2, 3, 4] }]));
+      const second = engine.step(req([{ seq: a, tokens: [-1], logits: 1 }]));
+      const t = (await first).sampled[0];
+      const explicit = await engine.step(req([{ seq: b, tokens: [t], logits: 1 }]));
+      expect(Array.from((await second).logits)).toEqual(Array.from(explicit.logits));
+      // a failed step (an item out of range) leaves no sample to feed, for any of its sequences
+      await engine.step(req([{ seq: a, tokens: [5], sample: true }]));
+      await expect(engine.step(req([{ seq: a, tokens: [-1] }, { seq: b, tokens: [V] }]))).rejects.toMatchObject({ code: 'E_OPTION' });
+      await expect(engine.step(req([{ seq: a, tokens: [-1] }]))).rejects.toMatchObject({ message: expect.stringMatching(/sampled none/) });
+    } finally {
+      m.dispose();
+    }
   });
 });
 

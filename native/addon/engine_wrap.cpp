@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "addon/js_errors.h"
+#include "addon/step_queue.h"
 
 namespace llmcore::addon {
 
@@ -62,39 +63,6 @@ class LoadWorker : public PromiseWorker {
   std::shared_ptr<Engine> engine_;
 };
 
-class StepWorker : public PromiseWorker {
- public:
-  StepWorker(Napi::Env env, std::shared_ptr<Engine> engine, std::vector<StepItem> items)
-      : PromiseWorker(env), engine_(std::move(engine)), items_(std::move(items)) {}
-  void compute() override { out_ = engine_->step(items_); }
-  Napi::Value result(Napi::Env env) override {
-    Napi::Object res = Napi::Object::New(env);
-    auto sampled = Napi::Int32Array::New(env, out_.sampled.size());
-    std::copy(out_.sampled.begin(), out_.sampled.end(), sampled.Data());
-    res.Set("sampled", sampled);
-    // Logits can be large (all positions x vocab): hand the vector's memory to JS, no copy.
-    auto* logits = new std::vector<float>(std::move(out_.logits));
-    auto buf = Napi::ArrayBuffer::New(env, logits->data(), logits->size() * sizeof(float),
-                                      [](Napi::Env, void*, std::vector<float>* v) { delete v; }, logits);
-    res.Set("logits", Napi::Float32Array::New(env, logits->size(), buf, 0));
-    auto lse = Napi::Float64Array::New(env, out_.logsumexp.size());
-    std::copy(out_.logsumexp.begin(), out_.logsumexp.end(), lse.Data());
-    res.Set("logsumexp", lse);
-    auto fork_ids = Napi::Int32Array::New(env, out_.fork_ids.size());
-    std::copy(out_.fork_ids.begin(), out_.fork_ids.end(), fork_ids.Data());
-    res.Set("forkIds", fork_ids);
-    auto fork_sampled = Napi::Int32Array::New(env, out_.fork_sampled.size());
-    std::copy(out_.fork_sampled.begin(), out_.fork_sampled.end(), fork_sampled.Data());
-    res.Set("forkSampled", fork_sampled);
-    return res;
-  }
-
- private:
-  std::shared_ptr<Engine> engine_;
-  std::vector<StepItem> items_;
-  StepResult out_;
-};
-
 }  // namespace
 
 Napi::Function EngineWrap::define(Napi::Env env) {
@@ -120,6 +88,11 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
     engine_ = std::move(*info[0].As<Napi::External<std::shared_ptr<Engine>>>().Data());
   else
     throw_js(info.Env(), E_OPTION, "[native] Engine objects come from loadEngine()");
+  steps_ = StepQueue::create(info.Env(), engine_);
+}
+
+EngineWrap::~EngineWrap() {
+  if (steps_) steps_->close();
 }
 
 std::shared_ptr<Engine> EngineWrap::engine(Napi::Env env) {
@@ -216,6 +189,8 @@ Napi::Value EngineWrap::kv_blocks_in_use(const Napi::CallbackInfo& info) {
 //       sample: Uint8Array, params: Float32Array(kParamsPerItem per item), banned: Int32Array,
 //       bannedCounts: Int32Array(1 per item), forkSeeds: Float64Array, forkCounts: Int32Array(1 per
 //       item)}) -> Promise<{sampled, logits, logsumexp, forkIds, forkSampled}>
+// Steps run in the order they were submitted (StepQueue); an item whose only token is -1
+// (kLastSampled) is fed what its sequence sampled in the step before.
 Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto e = engine(env);
@@ -281,14 +256,12 @@ Napi::Value EngineWrap::step(const Napi::CallbackInfo& info) {
     throw_js(env, E_OPTION, "[native] step: bannedCounts do not cover banned");
   if (fork_offset != fork_seeds.ElementLength())
     throw_js(env, E_OPTION, "[native] step: forkCounts do not cover forkSeeds");
-  auto* worker = new StepWorker(env, e, std::move(items));
-  Napi::Promise p = worker->promise();
-  worker->Queue();
-  return p;
+  return steps_->submit(env, std::move(items));
 }
 
 Napi::Value EngineWrap::dispose(const Napi::CallbackInfo& info) {
   engine_.reset();
+  if (steps_) steps_->close();
   return info.Env().Undefined();
 }
 

@@ -5,6 +5,7 @@
 
 #include <memory>
 
+#include "addon/step_queue.h"
 #include "core/engine.h"
 
 namespace llmcore::addon {
@@ -14,6 +15,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   static Napi::Function define(Napi::Env env);
   static Napi::Value load(const Napi::CallbackInfo& info);  // loadEngine(options) -> Promise<Engine>
   explicit EngineWrap(const Napi::CallbackInfo& info);
+  ~EngineWrap();
 
  private:
   std::shared_ptr<Engine> engine(Napi::Env env);
@@ -26,8 +28,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value step(const Napi::CallbackInfo& info);
   Napi::Value dispose(const Napi::CallbackInfo& info);
 
-  // Shared with in-flight workers, so dispose() during a step frees the engine after it.
+  // Shared with the step queue, so dispose() during a step frees the engine after it.
   std::shared_ptr<Engine> engine_;
+  std::shared_ptr<StepQueue> steps_;
 };
 
 }  // namespace llmcore::addon

@@ -17,7 +17,7 @@ namespace llmcore {
 
 // The N-API surface's version; lib/native.ts refuses a binary with another one. Bump it with
 // any change to what the addon exports or returns.
-inline constexpr int kInterfaceVersion = 4;
+inline constexpr int kInterfaceVersion = 5;
 
 // A matmul weight as stored in the checkpoint (host memory, usually the safetensors mapping).
 struct WeightView {

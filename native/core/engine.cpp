@@ -96,20 +96,41 @@ size_t Engine::kv_blocks_in_use() {
   return kv_->blocks_in_use();
 }
 
-StepResult Engine::step(const std::vector<StepItem>& items) {
+StepResult Engine::step(std::vector<StepItem> items) {
   std::lock_guard<std::mutex> lock(mu_);
+  std::vector<int32_t> ids(items.size());
+  for (size_t i = 0; i < items.size(); i++) ids[i] = items[i].seq;
+  try {
+    return step_locked(std::move(items));
+  } catch (...) {
+    // A step queued behind this one must not feed these sequences a stale sample.
+    for (int32_t id : ids) {
+      auto it = seqs_.find(id);
+      if (it != seqs_.end()) it->second.last_sampled = -1;
+    }
+    throw;
+  }
+}
+
+StepResult Engine::step_locked(std::vector<StepItem> items) {
   const Gpt2Config& cfg = model_->config();
   const int64_t V = cfg.vocab_size;
 
   // 1) Validate everything before changing anything.
   std::unordered_set<int32_t> in_step;
   int64_t M = 0;
-  for (const StepItem& it : items) {
+  for (StepItem& it : items) {
     const Sequence& s = get(it.seq, "step");
     if (!in_step.insert(it.seq).second)
       throw Error(E_OPTION, "[engine] step: sequence " + std::to_string(it.seq) + " given twice");
     if (it.tokens.empty())
       throw Error(E_OPTION, "[engine] step: sequence " + std::to_string(it.seq) + " has no new tokens");
+    if (it.tokens.size() == 1 && it.tokens[0] == kLastSampled) {
+      if (s.last_sampled < 0)
+        throw Error(E_OPTION, "[engine] step: sequence " + std::to_string(it.seq) +
+                                  " is fed its last sampled token, but its last step sampled none");
+      it.tokens[0] = s.last_sampled;
+    }
     for (int32_t t : it.tokens)
       if (t < 0 || t >= V)
         throw Error(E_OPTION, "[engine] step: token id " + std::to_string(t) + " outside the vocabulary [0, " +
@@ -172,6 +193,7 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
     const StepItem& it = items[i];
     Sequence& s = seqs_[it.seq];
     s.tokens.insert(s.tokens.end(), it.tokens.begin(), it.tokens.end());
+    s.last_sampled = -1;  // set below if this step samples it
     if (it.logits != LogitsMode::None) {
       result.logits.insert(result.logits.end(), logits + int64_t(first_out[i]) * V,
                            logits + int64_t(first_out[i] + n_out[i]) * V);
@@ -233,6 +255,7 @@ StepResult Engine::step(const std::vector<StepItem>& items) {
     } else {
       for (size_t j = 0; j < picks.size(); j++) sample_one(int64_t(j), 0);
     }
+    for (const Pick& pk : picks) seqs_.find(pk.seq)->second.last_sampled = *pk.out;
   } catch (...) {
     for (int32_t id : result.fork_ids) release_locked(id);
     throw;

@@ -28,9 +28,13 @@ struct EngineOptions {
 
 enum class LogitsMode : uint8_t { None = 0, Last = 1, All = 2 };
 
+// As the only token of an item: the token this sequence sampled in its last step (which must
+// have sampled it). Lets a caller queue a decode step before the previous one's result is back.
+constexpr int32_t kLastSampled = -1;
+
 struct StepItem {
   int32_t seq = 0;
-  std::vector<int32_t> tokens;     // >= 1 new tokens to append
+  std::vector<int32_t> tokens;     // >= 1 new tokens to append (or {kLastSampled})
   LogitsMode logits = LogitsMode::None;
   bool sample = false;             // pick the next token from the last position's logits
   SamplingParams params;
@@ -71,19 +75,21 @@ class Engine {
   DType kv_dtype() const { return kv_->dtype(); }
 
   // Validates every item first (E_OPTION: unknown sequence, token out of range, length over
-  // n_positions), then runs the batch.
-  StepResult step(const std::vector<StepItem>& items);
+  // n_positions, kLastSampled without a sampled token), then runs the batch.
+  StepResult step(std::vector<StepItem> items);
 
  private:
   struct Sequence {
     std::vector<int32_t> blocks;
     std::vector<int32_t> tokens;
     Rng rng;
+    int32_t last_sampled = -1;  // by its last step, if that step sampled (kLastSampled)
   };
   Engine() = default;
   Sequence& get(int32_t id, const char* what);
   int32_t fork_locked(int32_t parent, uint64_t seed);  // fork_sequence with mu_ held
   void release_locked(int32_t id);                     // release_sequence with mu_ held
+  StepResult step_locked(std::vector<StepItem> items);  // step with mu_ held
   std::unique_lock<std::mutex> lock_or_throw(const char* what);
 
   // Declaration order is destruction order in reverse: the backend outlives what it allocated.

@@ -292,23 +292,33 @@ export function tokenSequence(n: number, salt = 0, vocab = 50257): number[] {
 // Native step counting.
 
 /** Runs fn and counts the native forward steps meanwhile (nothing else may run on m). */
-export async function countingSteps<T>(m: Model, fn: () => Promise<T>): Promise<{ result: T; steps: number }> {
+/**
+ * Runs fn counting the native steps it makes; aheadSteps: those submitted before the previous
+ * step's result (every item fed its last sample, LAST_SAMPLED = -1).
+ */
+export async function countingSteps<T>(m: Model, fn: () => Promise<T>): Promise<{ result: T; steps: number; aheadSteps: number }> {
   // the scheduler's engine handle, wrapped (the native object's methods are read-only)
   const scheduler = (m as unknown as { scheduler: { engine: object } }).scheduler;
   const engine = scheduler.engine as Record<string | symbol, unknown>;
   let steps = 0;
+  let aheadSteps = 0;
   scheduler.engine = new Proxy(engine, {
     get(target, key) {
       const v = target[key];
       if (typeof v !== 'function') return v;
       return (...a: unknown[]) => {
-        if (key === 'step') steps++;
+        if (key === 'step') {
+          steps++;
+          const req = a[0] as { tokens: Int32Array };
+          if (req.tokens.length > 0 && req.tokens.every((t) => t === -1)) aheadSteps++;
+        }
         return (v as (...b: unknown[]) => unknown).apply(target, a);
       };
     },
   });
   try {
-    return { result: await fn(), steps };
+    const result = await fn();
+    return { result, steps, aheadSteps };
   } finally {
     scheduler.engine = engine;
   }
