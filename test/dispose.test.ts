@@ -1,6 +1,8 @@
 // dispose() frees the native model at once, not whenever the garbage collector gets to it: in a
 // fresh Node process (so jest's own heap does not blur the numbers) the resident memory must
-// drop by most of the weights' bytes right after dispose(). Needs dist/ (npm test builds it).
+// drop by most of the weights' bytes right after dispose(). And models in worker threads that
+// are terminated mid-step, or a process exiting mid-step, end cleanly. Needs dist/ (npm test
+// builds it).
 import { execFile } from 'child_process';
 import * as path from 'path';
 
@@ -35,4 +37,42 @@ test('dispose() returns the weights memory to the OS right away', async () => {
   console.log(`RSS ${(loaded / 2 ** 20).toFixed(0)} MiB loaded, ${(disposed / 2 ** 20).toFixed(0)} MiB after dispose(); weights ${(weightBytes / 2 ** 20).toFixed(0)} MiB`);
   expect(weightBytes).toBeGreaterThan(100 * 2 ** 20);
   expect(loaded - disposed).toBeGreaterThan(0.8 * weightBytes);
+});
+
+// Steps hand their results to the JS thread through a thread-safe function; when that thread is
+// a worker being terminated, or the process exits, with steps in flight, nothing may crash (a
+// C++ exception escaping the callback aborted the process: found with this test) or hang.
+test('terminating a worker thread mid-generation, and exiting mid-generation, neither crash nor hang', async () => {
+  const dir = await checkpoint({ preset: 'tiny' });
+  const out = await runScript(`
+    const { Worker } = require('worker_threads');
+    const body = \`
+      const { parentPort, workerData } = require('worker_threads');
+      const { loadModel } = require(${JSON.stringify(CJS_ENTRY)});
+      (async () => {
+        const m = await loadModel(workerData.dir, { device: 'cpu' });
+        parentPort.postMessage('going');
+        const r = await m.generate([464, 3797], { maxNewTokens: workerData.n, doSample: false });
+        parentPort.postMessage(r.sequences[0].tokens.length);
+      })();
+    \`;
+    (async () => {
+      const log = [];
+      for (let i = 0; i < 4; i++) {
+        const w = new Worker(body, { eval: true, workerData: { dir: ${JSON.stringify(dir)}, n: 120 } });
+        await new Promise((res) => w.on('message', (msg) => {
+          if (msg === 'going') setTimeout(() => w.terminate().then(res), 5 + 15 * i);
+        }));
+        log.push('terminated');
+      }
+      const w = new Worker(body, { eval: true, workerData: { dir: ${JSON.stringify(dir)}, n: 5 } });
+      w.on('message', (msg) => { if (msg !== 'going') log.push('generated ' + msg); });
+      await new Promise((res) => w.on('exit', res));
+      const { loadModel } = require(${JSON.stringify(CJS_ENTRY)});
+      const m = await loadModel(${JSON.stringify(dir)}, { device: 'cpu' });
+      m.generate([464, 3797], { maxNewTokens: 120, doSample: false });
+      setTimeout(() => { console.log(log.join(', ')); process.exit(0); }, 30);
+    })();
+  `);
+  expect(out.trim()).toBe('terminated, terminated, terminated, terminated, generated 5');
 });

@@ -47,15 +47,25 @@ class PromiseWorker : public Napi::AsyncWorker {
     message_ = message;
     SetError(message);
   }
+  // Nothing may escape these: N-API calls fail (node-addon-api throws) while the environment
+  // shuts down (a worker thread terminated), and an exception here would abort the process.
   void OnOK() override {
     Napi::Env env = Env();
     try {
-      deferred_.Resolve(result(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
+      try {
+        deferred_.Resolve(result(env));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      }
+    } catch (...) {
     }
   }
-  void OnError(const Napi::Error&) override { deferred_.Reject(make_error(Env(), code_, message_).Value()); }
+  void OnError(const Napi::Error&) override {
+    try {
+      deferred_.Reject(make_error(Env(), code_, message_).Value());
+    } catch (...) {
+    }
+  }
 
   Napi::Promise::Deferred deferred_;
   std::string code_, message_;

@@ -148,14 +148,19 @@ void StepQueue::deliver(Napi::Env env, Napi::Function, StepQueue* self, Job* job
     std::lock_guard<std::mutex> lock(self->mu_);
     if (!self->released_) self->tsfn_.Unref(env);
   }
-  if (!job->code.empty()) {
-    job->deferred.Reject(make_error(env, job->code, job->message).Value());
-    return;
-  }
+  // N-API calls fail (and node-addon-api throws) while the environment shuts down, e.g. a worker
+  // thread being terminated: nothing may escape this callback, and there is nobody to tell.
   try {
-    job->deferred.Resolve(result_object(env, job->out));
-  } catch (const Napi::Error& e) {
-    job->deferred.Reject(e.Value());
+    if (!job->code.empty()) {
+      job->deferred.Reject(make_error(env, job->code, job->message).Value());
+      return;
+    }
+    try {
+      job->deferred.Resolve(result_object(env, job->out));
+    } catch (const Napi::Error& e) {
+      job->deferred.Reject(e.Value());
+    }
+  } catch (...) {
   }
 }
 
