@@ -19,16 +19,35 @@ struct StepQueue::Job {
   Napi::Promise::Deferred deferred;
 };
 
-// Drains the queue on a libuv worker; a new one starts when a step is submitted to an idle queue.
-class StepQueue::Runner : public Napi::AsyncWorker {
+// Drains the queue on a libuv worker; a new one starts when a step is submitted to an idle
+// queue. Plain napi async work, not Napi::AsyncWorker: its completion touches no JS (results
+// go through the thread-safe function), so it opens no handle scope, which can throw while
+// the environment shuts down (a worker thread terminated mid-step: that aborted the process).
+class StepQueue::Runner {
  public:
-  Runner(Napi::Env env, std::shared_ptr<StepQueue> q) : Napi::AsyncWorker(env), queue_(std::move(q)) {}
-  void Execute() override { queue_->drain(); }
-  void OnOK() override {}
-  void OnError(const Napi::Error&) override {}
+  static void start(Napi::Env env, std::shared_ptr<StepQueue> q) {
+    auto* r = new Runner(std::move(q));
+    napi_value name;
+    napi_status st = napi_create_string_utf8(env, "llmcore step", NAPI_AUTO_LENGTH, &name);
+    if (st == napi_ok) st = napi_create_async_work(env, nullptr, name, execute, complete, r, &r->work);
+    if (st == napi_ok) st = napi_queue_async_work(env, r->work);
+    if (st != napi_ok) {  // only while the environment shuts down: drain here, nobody waits
+      if (r->work) napi_delete_async_work(env, r->work);
+      r->queue->drain();
+      delete r;
+    }
+  }
 
  private:
-  std::shared_ptr<StepQueue> queue_;
+  explicit Runner(std::shared_ptr<StepQueue> q) : queue(std::move(q)) {}
+  static void execute(napi_env, void* data) { static_cast<Runner*>(data)->queue->drain(); }
+  static void complete(napi_env env, napi_status, void* data) {
+    auto* r = static_cast<Runner*>(data);
+    napi_delete_async_work(env, r->work);
+    delete r;
+  }
+  std::shared_ptr<StepQueue> queue;
+  napi_async_work work = nullptr;
 };
 
 namespace {
@@ -93,7 +112,7 @@ Napi::Promise StepQueue::submit(Napi::Env env, std::vector<StepItem> items) {
     if (!running_) running_ = start = true;
   }
   if (pending_++ == 0) tsfn_.Ref(env);  // a step in flight keeps the process alive
-  if (start) (new Runner(env, shared_from_this()))->Queue();
+  if (start) Runner::start(env, shared_from_this());
   return promise;
 }
 
