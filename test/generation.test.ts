@@ -225,6 +225,31 @@ describe('step lookahead (the next decode step submitted before the current one 
     expect(ngram.result.sequences).toEqual(on.result[2].sequences);
   });
 
+  test('calls arriving and ending at random times each get the tokens they get alone', async () => {
+    // Arrivals stop the lookahead (their native sequences are made between steps) and endings
+    // leave a step in flight behind them: every call must still match itself run alone.
+    const plain = (await tiny.generate('Arrivals', greedy({ maxNewTokens: 20 }))).sequences[0].text;
+    const calls: Array<[string | number[], GenerateOptions]> = Array.from({ length: 10 }, (_, i) => {
+      const o: GenerateOptions = i % 3 === 0 ? greedy({ maxNewTokens: 6 + i })
+        : i % 3 === 1 ? { doSample: true, seed: 100 + i, topK: 20, maxNewTokens: 4 + 2 * i, numReturnSequences: 1 + (i % 2) }
+          : greedy({ maxNewTokens: 20, stop: [plain.slice(6 + i, 9 + i)] });
+      return [i % 2 ? tokenSequence(5 + i, i) : 'Arrivals', o];
+    });
+    Scheduler.lookahead = false;
+    let alone;
+    try {
+      alone = [];
+      for (const [p, o] of calls) alone.push((await tiny.generate(p, o)).sequences);
+    } finally {
+      Scheduler.lookahead = true;
+    }
+    const delays = [0, 3, 1, 7, 0, 12, 5, 2, 9, 4];
+    const crowd = await countingSteps(tiny, () => Promise.all(calls.map(([p, o], i) =>
+      new Promise((r) => setTimeout(r, delays[i])).then(() => tiny.generate(p, o)).then((r) => r.sequences))));
+    expect(crowd.result).toEqual(alone);
+    expect(crowd.aheadSteps).toBeGreaterThan(0);
+  });
+
   test('sequences ending with a step in flight (stop, abort) give back every KV block', async () => {
     const m = await freshModel(TINY);
     const blocksInUse = () => (m as unknown as { engine: { kvBlocksInUse(): number } }).engine.kvBlocksInUse();
