@@ -41,38 +41,49 @@ test('dispose() returns the weights memory to the OS right away', async () => {
 
 // Steps hand their results to the JS thread through a thread-safe function; when that thread is
 // a worker being terminated, or the process exits, with steps in flight, nothing may crash (a
-// C++ exception escaping the callback aborted the process: found with this test) or hang.
-test('terminating a worker thread mid-generation, and exiting mid-generation, neither crash nor hang', async () => {
+// C++ exception escaping a callback aborted the process: found with this test) or hang. Workers
+// terminated while they load the addon or a model, too; and the main thread, which loaded the
+// addon first, still makes models after (each environment has its own Engine constructor).
+test('terminating worker threads mid-load and mid-generation, and exiting mid-generation, neither crash nor hang', async () => {
   const dir = await checkpoint({ preset: 'tiny' });
   const out = await runScript(`
     const { Worker } = require('worker_threads');
+    const { loadModel } = require(${JSON.stringify(CJS_ENTRY)});
     const body = \`
       const { parentPort, workerData } = require('worker_threads');
-      const { loadModel } = require(${JSON.stringify(CJS_ENTRY)});
+      const { loadModel, measureRoofline } = require(${JSON.stringify(CJS_ENTRY)});
       (async () => {
-        const m = await loadModel(workerData.dir, { device: 'cpu' });
+        const [m] = await Promise.all([loadModel(workerData.dir, { device: 'cpu' }), measureRoofline(1, 1 << 24)]);
         parentPort.postMessage('going');
         const r = await m.generate([464, 3797], { maxNewTokens: workerData.n, doSample: false });
         parentPort.postMessage(r.sequences[0].tokens.length);
       })();
     \`;
+    const start = (n) => new Worker(body, { eval: true, workerData: { dir: ${JSON.stringify(dir)}, n } });
     (async () => {
+      const first = await loadModel(${JSON.stringify(dir)}, { device: 'cpu' });
       const log = [];
+      for (let i = 0; i < 8; i++) {  // at 10-80 ms: while requiring, loading or measuring
+        const w = start(120);
+        await new Promise((r) => setTimeout(r, 10 * (i + 1)));
+        await w.terminate();
+      }
+      log.push('terminated early');
       for (let i = 0; i < 4; i++) {
-        const w = new Worker(body, { eval: true, workerData: { dir: ${JSON.stringify(dir)}, n: 120 } });
+        const w = start(120);
         await new Promise((res) => w.on('message', (msg) => {
           if (msg === 'going') setTimeout(() => w.terminate().then(res), 5 + 15 * i);
         }));
         log.push('terminated');
       }
-      const w = new Worker(body, { eval: true, workerData: { dir: ${JSON.stringify(dir)}, n: 5 } });
+      const w = start(5);
       w.on('message', (msg) => { if (msg !== 'going') log.push('generated ' + msg); });
       await new Promise((res) => w.on('exit', res));
-      const { loadModel } = require(${JSON.stringify(CJS_ENTRY)});
       const m = await loadModel(${JSON.stringify(dir)}, { device: 'cpu' });
+      log.push('main ' + (await first.generate([464], { maxNewTokens: 3, doSample: false })).sequences[0].tokens.length);
       m.generate([464, 3797], { maxNewTokens: 120, doSample: false });
       setTimeout(() => { console.log(log.join(', ')); process.exit(0); }, 30);
     })();
   `);
-  expect(out.trim()).toBe('terminated, terminated, terminated, terminated, generated 5');
+  expect(out.trim()).toBe('terminated early, terminated, terminated, terminated, terminated, generated 5, main 3');
 });

@@ -93,12 +93,19 @@ Napi::Value measure_roofline(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
-  exports.Set("Engine", EngineWrap::define(env));
-  exports.Set("loadEngine", Napi::Function::New(env, EngineWrap::load));
-  exports.Set("cpuInfo", Napi::Function::New(env, cpu_info));
-  exports.Set("runBackendOps", Napi::Function::New(env, run_backend_ops_js));
-  exports.Set("measureRoofline", Napi::Function::New(env, measure_roofline));
-  exports.Set("interfaceVersion", Napi::Number::New(env, kInterfaceVersion));
+  // Runs once per environment (the main thread and each worker thread that loads the addon).
+  // N-API calls fail while an environment shuts down, e.g. a worker terminated mid-require;
+  // node-addon-api then throws from its own error path and the process aborts, so nothing may
+  // leave here. The facade reports a partial exports object (no interfaceVersion) clearly.
+  try {
+    exports.Set("Engine", EngineWrap::define(env));
+    exports.Set("loadEngine", Napi::Function::New(env, EngineWrap::load));
+    exports.Set("cpuInfo", Napi::Function::New(env, cpu_info));
+    exports.Set("runBackendOps", Napi::Function::New(env, run_backend_ops_js));
+    exports.Set("measureRoofline", Napi::Function::New(env, measure_roofline));
+    exports.Set("interfaceVersion", Napi::Number::New(env, kInterfaceVersion));
+  } catch (...) {
+  }
   return exports;
 }
 

@@ -12,7 +12,6 @@ namespace {
 // step(): doSample, temperature, topK, topP, repetitionPenalty, minP, typicalP (lib/native.ts)
 constexpr size_t kParamsPerItem = 7;
 
-Napi::FunctionReference* g_constructor = nullptr;  // one per process; N-API modules load once
 
 int64_t get_int(const Napi::Object& o, const char* key, int64_t fallback) {
   Napi::Value v = o.Get(key);
@@ -50,12 +49,13 @@ class LoadWorker : public PromiseWorker {
  public:
   LoadWorker(Napi::Env env, EngineOptions opts) : PromiseWorker(env), opts_(std::move(opts)) {}
   void compute() override { engine_ = Engine::create(opts_); }
-  Napi::Value result(Napi::Env) override {
+  Napi::Value result(Napi::Env env) override {
     // JS cannot make an External, so only this path can hand an engine to the constructor.
     auto* handoff = new std::shared_ptr<Engine>(std::move(engine_));
     Napi::Value ext = Napi::External<std::shared_ptr<Engine>>::New(
-        Env(), handoff, [](Napi::Env, std::shared_ptr<Engine>* p) { delete p; });
-    return g_constructor->New({ext});
+        env, handoff, [](Napi::Env, std::shared_ptr<Engine>* p) { delete p; });
+    // The constructor of this environment: each worker thread that loads the addon has its own.
+    return env.GetInstanceData<Napi::FunctionReference>()->New({ext});
   }
 
  private:
@@ -77,7 +77,7 @@ Napi::Function EngineWrap::define(Napi::Env env) {
                                         InstanceMethod("step", &EngineWrap::step),
                                         InstanceMethod("dispose", &EngineWrap::dispose),
                                     });
-  g_constructor = new Napi::FunctionReference(Napi::Persistent(ctor));
+  env.SetInstanceData<Napi::FunctionReference>(new Napi::FunctionReference(Napi::Persistent(ctor)));
   return ctor;
 }
 

@@ -1,5 +1,5 @@
 // C++ exceptions -> JS errors carrying `code` (lib/errors.ts turns codes into error classes),
-// and a promise-returning AsyncWorker whose Execute() runs on the libuv pool.
+// and a promise-returning worker whose compute() runs on the libuv pool.
 #pragma once
 #include <napi.h>
 
@@ -21,54 +21,78 @@ inline Napi::Error make_error(Napi::Env env, const std::string& code, const std:
 }
 
 // Runs compute() off the main thread; resolves with result() or rejects with a coded error.
-class PromiseWorker : public Napi::AsyncWorker {
+// Plain napi async work rather than Napi::AsyncWorker, whose completion opens a handle scope
+// outside any catch: while the environment shuts down (a worker thread terminated mid-call)
+// that throws and aborts the process. Here nothing escapes the completion. Queue() hands the
+// object over: it deletes itself when done.
+class PromiseWorker {
  public:
-  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  explicit PromiseWorker(Napi::Env env) : env_(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  virtual ~PromiseWorker() = default;
+  PromiseWorker(const PromiseWorker&) = delete;
+  PromiseWorker& operator=(const PromiseWorker&) = delete;
   Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Queue() {
+    napi_value name;
+    napi_status st = napi_create_string_utf8(env_, "llmcore", NAPI_AUTO_LENGTH, &name);
+    if (st == napi_ok) st = napi_create_async_work(env_, nullptr, name, execute, complete, this, &work_);
+    if (st == napi_ok) st = napi_queue_async_work(env_, work_);
+    if (st == napi_ok) return;
+    if (work_) napi_delete_async_work(env_, work_);
+    try {
+      deferred_.Reject(make_error(env_, E_INTERNAL, "[llmcore] cannot queue work on the libuv pool").Value());
+    } catch (...) {
+    }
+    delete this;
+  }
 
  protected:
   virtual void compute() = 0;
   virtual Napi::Value result(Napi::Env env) = 0;
 
  private:
-  void Execute() override {
+  static void execute(napi_env, void* data) {
+    auto* self = static_cast<PromiseWorker*>(data);
     try {
-      compute();
+      self->compute();
     } catch (const Error& e) {
-      fail(e.code(), e.what());
+      self->code_ = e.code();
+      self->message_ = e.what();
     } catch (const std::bad_alloc&) {
-      fail(E_OOM, "[llmcore] out of memory");
+      self->code_ = E_OOM;
+      self->message_ = "[llmcore] out of memory";
     } catch (const std::exception& e) {
-      fail(E_INTERNAL, std::string("[llmcore] internal error: ") + e.what());
+      self->code_ = E_INTERNAL;
+      self->message_ = std::string("[llmcore] internal error: ") + e.what();
     }
   }
-  void fail(const char* code, const std::string& message) {
-    code_ = code;
-    message_ = message;
-    SetError(message);
-  }
-  // Nothing may escape these: N-API calls fail (node-addon-api throws) while the environment
-  // shuts down (a worker thread terminated), and an exception here would abort the process.
-  void OnOK() override {
-    Napi::Env env = Env();
-    try {
+  static void complete(napi_env env, napi_status status, void* data) {
+    auto* self = static_cast<PromiseWorker*>(data);
+    napi_delete_async_work(env, self->work_);
+    napi_handle_scope scope;
+    if (status != napi_cancelled && napi_open_handle_scope(env, &scope) == napi_ok) {
       try {
-        deferred_.Resolve(result(env));
-      } catch (const Napi::Error& e) {
-        deferred_.Reject(e.Value());
+        if (!self->code_.empty()) {
+          self->deferred_.Reject(make_error(env, self->code_, self->message_).Value());
+        } else {
+          try {
+            self->deferred_.Resolve(self->result(Napi::Env(env)));
+          } catch (const Napi::Error& e) {
+            self->deferred_.Reject(e.Value());
+          }
+        }
+      } catch (...) {  // the environment is shutting down: nobody is left to tell
       }
-    } catch (...) {
+      napi_close_handle_scope(env, scope);
     }
-  }
-  void OnError(const Napi::Error&) override {
-    try {
-      deferred_.Reject(make_error(Env(), code_, message_).Value());
-    } catch (...) {
-    }
+    delete self;
   }
 
+  Napi::Env env_;
+  napi_async_work work_ = nullptr;
   Napi::Promise::Deferred deferred_;
-  std::string code_, message_;
+  std::string code_, message_;  // code_ empty: compute() succeeded
 };
 
 // Runs fn() on the main thread, turning core exceptions into coded JS exceptions.
