@@ -12,7 +12,6 @@ namespace {
 // step(): doSample, temperature, topK, topP, repetitionPenalty, minP, typicalP (lib/native.ts)
 constexpr size_t kParamsPerItem = 7;
 
-
 int64_t get_int(const Napi::Object& o, const char* key, int64_t fallback) {
   Napi::Value v = o.Get(key);
   if (v.IsUndefined()) return fallback;

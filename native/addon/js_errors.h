@@ -20,6 +20,24 @@ inline Napi::Error make_error(Napi::Env env, const std::string& code, const std:
   throw make_error(env, code, message);
 }
 
+// Runs fn() (off the JS thread); a core exception becomes the code and message of the error
+// to reject with later (code stays empty when fn returns).
+template <class F>
+void run_capturing(F&& fn, std::string& code, std::string& message) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    code = e.code();
+    message = e.what();
+  } catch (const std::bad_alloc&) {
+    code = E_OOM;
+    message = "[llmcore] out of memory";
+  } catch (const std::exception& e) {
+    code = E_INTERNAL;
+    message = std::string("[llmcore] internal error: ") + e.what();
+  }
+}
+
 // Runs compute() off the main thread; resolves with result() or rejects with a coded error.
 // Plain napi async work rather than Napi::AsyncWorker, whose completion opens a handle scope
 // outside any catch: while the environment shuts down (a worker thread terminated mid-call)
@@ -54,18 +72,7 @@ class PromiseWorker {
  private:
   static void execute(napi_env, void* data) {
     auto* self = static_cast<PromiseWorker*>(data);
-    try {
-      self->compute();
-    } catch (const Error& e) {
-      self->code_ = e.code();
-      self->message_ = e.what();
-    } catch (const std::bad_alloc&) {
-      self->code_ = E_OOM;
-      self->message_ = "[llmcore] out of memory";
-    } catch (const std::exception& e) {
-      self->code_ = E_INTERNAL;
-      self->message_ = std::string("[llmcore] internal error: ") + e.what();
-    }
+    run_capturing([self] { self->compute(); }, self->code_, self->message_);
   }
   static void complete(napi_env env, napi_status status, void* data) {
     auto* self = static_cast<PromiseWorker*>(data);

@@ -143,18 +143,7 @@ void StepQueue::drain() {
       jobs_.pop_front();
       engine = engine_;
     }
-    try {
-      job->out = engine->step(std::move(job->items));
-    } catch (const Error& e) {
-      job->code = e.code();
-      job->message = e.what();
-    } catch (const std::bad_alloc&) {
-      job->code = E_OOM;
-      job->message = "[llmcore] out of memory";
-    } catch (const std::exception& e) {
-      job->code = E_INTERNAL;
-      job->message = std::string("[llmcore] internal error: ") + e.what();
-    }
+    run_capturing([&] { job->out = engine->step(std::move(job->items)); }, job->code, job->message);
     // Fails only while the environment is being torn down: nobody is left to tell.
     if (tsfn_.NonBlockingCall(job) != napi_ok) delete job;
   }
