@@ -38,11 +38,44 @@ void run_capturing(F&& fn, std::string& code, std::string& message) {
   }
 }
 
+// Settles a promise with the outcome of work done off the JS thread: rejects with the captured
+// (code, message), or resolves with make(). N-API calls fail (node-addon-api throws) while the
+// environment shuts down (a worker thread terminated): nothing escapes, nobody is left to tell.
+template <class F>
+void settle(Napi::Env env, Napi::Promise::Deferred& deferred, const std::string& code,
+            const std::string& message, F&& make) {
+  try {
+    if (!code.empty()) {
+      deferred.Reject(make_error(env, code, message).Value());
+      return;
+    }
+    try {
+      deferred.Resolve(make());
+    } catch (const Napi::Error& e) {
+      deferred.Reject(e.Value());
+    }
+  } catch (...) {
+  }
+}
+
+// Creates and queues plain napi async work (not Napi::AsyncWorker, whose completion opens a
+// handle scope outside any catch, which throws and aborts the process while the environment
+// shuts down). False if that failed (only then): *work is deleted again, data not touched.
+inline bool queue_async_work(napi_env env, const char* name, napi_async_execute_callback execute,
+                             napi_async_complete_callback complete, void* data, napi_async_work* work) {
+  *work = nullptr;
+  napi_value resource;
+  napi_status st = napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource);
+  if (st == napi_ok) st = napi_create_async_work(env, nullptr, resource, execute, complete, data, work);
+  if (st == napi_ok) st = napi_queue_async_work(env, *work);
+  if (st == napi_ok) return true;
+  if (*work) napi_delete_async_work(env, *work);
+  return false;
+}
+
 // Runs compute() off the main thread; resolves with result() or rejects with a coded error.
-// Plain napi async work rather than Napi::AsyncWorker, whose completion opens a handle scope
-// outside any catch: while the environment shuts down (a worker thread terminated mid-call)
-// that throws and aborts the process. Here nothing escapes the completion. Queue() hands the
-// object over: it deletes itself when done.
+// Plain napi async work (queue_async_work) whose completion lets nothing escape. Queue() hands
+// the object over: it deletes itself when done.
 class PromiseWorker {
  public:
   explicit PromiseWorker(Napi::Env env) : env_(env), deferred_(Napi::Promise::Deferred::New(env)) {}
@@ -52,16 +85,8 @@ class PromiseWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Queue() {
-    napi_value name;
-    napi_status st = napi_create_string_utf8(env_, "llmcore", NAPI_AUTO_LENGTH, &name);
-    if (st == napi_ok) st = napi_create_async_work(env_, nullptr, name, execute, complete, this, &work_);
-    if (st == napi_ok) st = napi_queue_async_work(env_, work_);
-    if (st == napi_ok) return;
-    if (work_) napi_delete_async_work(env_, work_);
-    try {
-      deferred_.Reject(make_error(env_, E_INTERNAL, "[llmcore] cannot queue work on the libuv pool").Value());
-    } catch (...) {
-    }
+    if (queue_async_work(env_, "llmcore", execute, complete, this, &work_)) return;
+    settle(env_, deferred_, E_INTERNAL, "[llmcore] cannot queue work on the libuv pool", [] { return Napi::Value(); });
     delete this;
   }
 
@@ -79,18 +104,7 @@ class PromiseWorker {
     napi_delete_async_work(env, self->work_);
     napi_handle_scope scope;
     if (status != napi_cancelled && napi_open_handle_scope(env, &scope) == napi_ok) {
-      try {
-        if (!self->code_.empty()) {
-          self->deferred_.Reject(make_error(env, self->code_, self->message_).Value());
-        } else {
-          try {
-            self->deferred_.Resolve(self->result(Napi::Env(env)));
-          } catch (const Napi::Error& e) {
-            self->deferred_.Reject(e.Value());
-          }
-        }
-      } catch (...) {  // the environment is shutting down: nobody is left to tell
-      }
+      settle(env, self->deferred_, self->code_, self->message_, [&] { return self->result(Napi::Env(env)); });
       napi_close_handle_scope(env, scope);
     }
     delete self;

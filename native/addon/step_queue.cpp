@@ -1,6 +1,5 @@
 #include "addon/step_queue.h"
 
-#include <new>
 #include <string>
 #include <utility>
 
@@ -20,22 +19,14 @@ struct StepQueue::Job {
 };
 
 // Drains the queue on a libuv worker; a new one starts when a step is submitted to an idle
-// queue. Plain napi async work, not Napi::AsyncWorker: its completion touches no JS (results
-// go through the thread-safe function), so it opens no handle scope, which can throw while
-// the environment shuts down (a worker thread terminated mid-step: that aborted the process).
+// queue. Its completion touches no JS (results go through the thread-safe function).
 class StepQueue::Runner {
  public:
   static void start(Napi::Env env, std::shared_ptr<StepQueue> q) {
     auto* r = new Runner(std::move(q));
-    napi_value name;
-    napi_status st = napi_create_string_utf8(env, "llmcore step", NAPI_AUTO_LENGTH, &name);
-    if (st == napi_ok) st = napi_create_async_work(env, nullptr, name, execute, complete, r, &r->work);
-    if (st == napi_ok) st = napi_queue_async_work(env, r->work);
-    if (st != napi_ok) {  // only while the environment shuts down: drain here, nobody waits
-      if (r->work) napi_delete_async_work(env, r->work);
-      r->queue->drain();
-      delete r;
-    }
+    if (queue_async_work(env, "llmcore step", execute, complete, r, &r->work)) return;
+    r->queue->drain();  // only while the environment shuts down: drain here, nobody waits
+    delete r;
   }
 
  private:
@@ -156,20 +147,7 @@ void StepQueue::deliver(Napi::Env env, Napi::Function, StepQueue* self, Job* job
     std::lock_guard<std::mutex> lock(self->mu_);
     if (!self->released_) self->tsfn_.Unref(env);
   }
-  // N-API calls fail (and node-addon-api throws) while the environment shuts down, e.g. a worker
-  // thread being terminated: nothing may escape this callback, and there is nobody to tell.
-  try {
-    if (!job->code.empty()) {
-      job->deferred.Reject(make_error(env, job->code, job->message).Value());
-      return;
-    }
-    try {
-      job->deferred.Resolve(result_object(env, job->out));
-    } catch (const Napi::Error& e) {
-      job->deferred.Reject(e.Value());
-    }
-  } catch (...) {
-  }
+  settle(env, job->deferred, job->code, job->message, [&] { return result_object(env, job->out); });
 }
 
 }  // namespace llmcore::addon
