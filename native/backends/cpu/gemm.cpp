@@ -53,6 +53,7 @@ struct ThreadBuf {
 };
 thread_local ThreadBuf t_scratch;
 thread_local ThreadBuf t_xpairs;
+thread_local ThreadBuf t_xcols;
 
 int panel_width(Isa isa) { return isa >= Isa::Avx512 ? kern::kNrAvx512 : kern::kNrAvx2; }
 
@@ -333,8 +334,44 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     kc = (kc + 7) / 8 * 8;  // a multiple of 8 keeps k-pairs and cache lines whole
     c.kc = kc;
   }
+  std::atomic<bool> oom{false};
   const size_t rows_max = size_t(rb_base + (rb_extra ? 1 : 0));
   const size_t scratch_bytes = c.kc < K ? rows_max * size_t(ppt) * size_t(nr) * 4 : 0;
+
+  if (W.fmt == kern::kF32 && (W.isa == Isa::Avx512 || W.isa == Isa::Amx) && M >= kColsMinRows) {
+    // The column-tile kernel (gemm_kernels.h): groups of 32 rows, the last one padded with
+    // zero rows when it has >= kColsMinRows rows; fewer rows left over take the row tiles.
+    constexpr int64_t GR = kern::kColsGroupRows;
+    const int64_t rem = M % GR;
+    const int64_t ngroups = M / GR + (rem >= kColsMinRows ? 1 : 0);
+    const int64_t m_rest = std::min<int64_t>(M, ngroups * GR);
+    const size_t group_floats = size_t(std::max<int64_t>(K, 1)) * GR;
+    float* xt = static_cast<float*>(t_xcols.get(size_t(ngroups) * group_floats * 4));
+    if (!xt) throw Error(E_OOM, "[cpu] gemm: cannot allocate the packed activations");
+    pool.parallel_for(ngroups, [&](int64_t g, int) {
+      kern::avx512_pack_x_cols(x + g * GR * ldx, ldx, int(std::min<int64_t>(GR, M - g * GR)), K,
+                               xt + g * group_floats);
+    });
+    const size_t col_scratch = size_t(GR) * size_t(nr) * 4;
+    const size_t rest_scratch = c.kc < K ? size_t(M - m_rest) * size_t(nr) * 4 : 0;
+    // One contiguous share of panels per thread, walked front to back: the tiles' prefetch
+    // runs ahead in that stream (into the next panel of the share).
+    pool.parallel_shares(np, 1, 1, [&](int64_t p0, int64_t p1, int) {
+      float* scratch = static_cast<float*>(t_scratch.get(col_scratch + rest_scratch));
+      if (!scratch) {
+        oom.store(true, std::memory_order_relaxed);
+        return;
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int64_t g = 0; g < ngroups; ++g)
+          kern::avx512_gemm_f32_cols(c, xt + g * group_floats, g * GR,
+                                     int(std::min<int64_t>(GR, M - g * GR)), p, scratch, g == 0);
+        if (m_rest < M) kern::avx512_gemm_block(c, m_rest, M, p, p + 1, scratch + col_scratch / 4, nullptr);
+      }
+    });
+    if (oom.load(std::memory_order_relaxed)) throw Error(E_OOM, "[cpu] gemm: cannot allocate scratch");
+    return;
+  }
 
   struct Ctx {
     const kern::GemmCall* c;
@@ -342,7 +379,6 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     int64_t M, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np;
     size_t scratch_bytes;
   } ctx{&c, W.isa, M, nrb, rb_base, rb_extra, ppt, head_tasks, head_panels, tail_ppt, np, scratch_bytes};
-  std::atomic<bool> oom{false};
 
   auto block_of = [](const Ctx& t, int64_t i, int64_t& m0, int64_t& m1, int64_t& p0, int64_t& p1) {
     const int64_t rb = i % t.nrb, pb = i / t.nrb;

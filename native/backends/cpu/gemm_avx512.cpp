@@ -269,6 +269,149 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The column-tile f32 kernel (batches of >= 24 rows). The tiles above hold 8 rows x 32 columns
+// and broadcast x: a 32-row batch reads each panel four times (once from DRAM, three times from
+// L2), in bursts the prefetcher cannot smooth. Here the roles swap: x is packed k-major, 32
+// rows per k (two zmm), and a tile holds 32 rows x C columns (2C accumulators) and broadcasts
+// W, so each panel is read once, front to back, at the rate the FMAs consume it, with a
+// software prefetch a fixed distance ahead in that one stream. A panel's 32 columns are three
+// tiles (11 + 11 + 10 columns) over K blocks of kColsKc rows (4 KB of W, L1-resident for the
+// second and third tile), the accumulators parked in scratch between blocks. Every output is
+// still one fp32 FMA chain over k in increasing order from +0, then + bias, then the epilogue:
+// the same bits as the row tiles.
+// Measured on Intel (2 vCPUs, AVX-512), 32 x 768 x 2304 with the weights from DRAM: 45% of the
+// FMA peak for the row tiles, 66% for these (standalone loops, see BENCHMARKS.md).
+
+namespace {
+constexpr int kColsRows = kColsGroupRows;  // rows of one packed x group (two zmm)
+constexpr int64_t kColsKc = 32;  // k rows per block: 32 x 128 B = 4 KB of W
+constexpr int64_t kColsPrefetch = 4096;  // bytes ahead in the panel stream
+
+// In-register 16 x 16 transpose: v[i] lane j -> v[j] lane i.
+inline void transpose16(__m512 v[16]) {
+  __m512 t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    v[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    v[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    v[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    v[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(v[i], v[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(v[i], v[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(v[i + 8], v[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(v[i + 8], v[i + 12], 0xdd);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    v[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    v[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+
+template <int C>
+void col_tile(const float* xt, const uint8_t* wpanel, int c0, int64_t k0, int64_t kl, bool first,
+              float* sc, int pf_phase, bool prefetch) {
+  __m512 acc[C][2];
+  if (first) {
+#pragma GCC unroll 16
+    for (int j = 0; j < C; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+  } else {
+#pragma GCC unroll 16
+    for (int j = 0; j < C; ++j) {
+      acc[j][0] = _mm512_load_ps(sc + (c0 + j) * kColsRows);
+      acc[j][1] = _mm512_load_ps(sc + (c0 + j) * kColsRows + 16);
+    }
+  }
+  const float* w = reinterpret_cast<const float*>(wpanel) + c0;
+#pragma GCC unroll 2
+  for (int64_t k = k0; k < k0 + kl; ++k) {
+    const __m512 x0 = _mm512_load_ps(xt + k * kColsRows), x1 = _mm512_load_ps(xt + k * kColsRows + 16);
+    // The three tiles take turns (k mod 3) to prefetch the k-row kColsPrefetch bytes ahead.
+    if (prefetch && k % 3 == pf_phase) {
+      const char* a = reinterpret_cast<const char*>(wpanel + k * NR * 4) + kColsPrefetch;
+      _mm_prefetch(a, _MM_HINT_T0);
+      _mm_prefetch(a + 64, _MM_HINT_T0);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < C; ++j) {
+      const __m512 b = _mm512_set1_ps(w[k * NR + j]);
+      acc[j][0] = _mm512_fmadd_ps(x0, b, acc[j][0]);
+      acc[j][1] = _mm512_fmadd_ps(x1, b, acc[j][1]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < C; ++j) {
+    _mm512_store_ps(sc + (c0 + j) * kColsRows, acc[j][0]);
+    _mm512_store_ps(sc + (c0 + j) * kColsRows + 16, acc[j][1]);
+  }
+}
+}  // namespace
+
+void avx512_pack_x_cols(const float* x, int64_t ldx, int rows, int64_t K, float* xt) {
+  for (int64_t k0 = 0; k0 < K; k0 += 16) {
+    const int kn = int(K - k0 < 16 ? K - k0 : 16);
+    // 16 k at a time: read each row's 16 values once, write them as 16 k-rows of 32 rows.
+    alignas(64) float blk[kColsRows][16];
+    for (int r = 0; r < kColsRows; ++r) {
+      if (r < rows) _mm512_store_ps(blk[r], _mm512_maskz_loadu_ps(tail_mask(kn), x + r * ldx + k0));
+      else _mm512_store_ps(blk[r], _mm512_setzero_ps());
+    }
+    for (int kk = 0; kk < kn; ++kk)
+      for (int r = 0; r < kColsRows; ++r) xt[(k0 + kk) * kColsRows + r] = blk[r][kk];
+  }
+}
+
+void avx512_gemm_f32_cols(const GemmCall& c, const float* xt, int64_t m0, int rows, int64_t p,
+                          float* scratch, bool prefetch) {
+  const uint8_t* wpanel = c.w + p * c.panel_bytes;
+  const int64_t K = c.K;
+  // The outputs' lines are written once, at the end: fetch them for writing (RFO) a few rows
+  // per K block, so those stores do not all miss together (measured: 10-15% of a 32-row call
+  // with the stores missing, the y rows being N floats apart).
+  const int64_t nkb = K <= kColsKc ? 1 : (K + kColsKc - 1) / kColsKc;
+  const int64_t rows_per_kb = (rows + nkb - 1) / nkb;
+  const int64_t ncols = c.N - p * NR < NR ? c.N - p * NR : NR;
+  for (int64_t k0 = 0, kb = 0; k0 < K || k0 == 0; k0 += kColsKc, ++kb) {
+    const int64_t kl = K - k0 < kColsKc ? K - k0 : kColsKc;
+    const bool first = k0 == 0;
+    for (int64_t r = kb * rows_per_kb; r < rows && r < (kb + 1) * rows_per_kb; ++r) {
+      const char* yr = reinterpret_cast<const char*>(c.y + (m0 + r) * c.ldy + p * NR);
+      __builtin_prefetch(yr, 1, 3);
+      __builtin_prefetch(yr + 64, 1, 3);
+      __builtin_prefetch(yr + (ncols * 4 - 4), 1, 3);
+    }
+    col_tile<11>(xt, wpanel, 0, k0, kl, first, scratch, 0, prefetch);
+    col_tile<11>(xt, wpanel, 11, k0, kl, first, scratch, 1, prefetch);
+    col_tile<10>(xt, wpanel, 22, k0, kl, first, scratch, 2, prefetch);
+    if (K == 0) break;
+  }
+  // scratch holds the sums column by column (32 rows each): transpose 16 x 16 blocks into rows.
+  for (int h = 0; h < 2; ++h) {
+    const int64_t col = p * NR + h * 16;
+    const int64_t nv = c.N - col;
+    if (nv <= 0) break;
+    const float* bp = c.bias ? c.bias + col : nullptr;
+    for (int rh = 0; rh * 16 < rows; ++rh) {
+      __m512 v[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) v[j] = _mm512_load_ps(scratch + (h * 16 + j) * kColsRows + rh * 16);
+      transpose16(v);
+      const int nr = rows - rh * 16 < 16 ? rows - rh * 16 : 16;
+      for (int r = 0; r < nr; ++r)
+        store_out(v[r], c.y + (m0 + rh * 16 + r) * c.ldy + col, bp, c.ep, nv >= 16 ? 16 : int(nv));
+    }
+  }
+}
+
 void avx512_store_rows(const float* acc, int64_t lda, int rows, int ncols, const float* bias,
                        int ep, float* y, int64_t ldy) {
   for (int r = 0; r < rows; ++r)

@@ -61,6 +61,16 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
 void amx_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, int64_t p1,
                     const uint8_t* next_w);
 
+// The column-tile f32 kernel for batches of >= 24 rows (AVX-512, kF32 panels). x is packed
+// first, 32 rows at a time, k-major: xt[k * 32 + r] = x[r][k] (rows >= `rows` zero), K * 32
+// floats. avx512_gemm_f32_cols then computes rows [m0, m0 + rows) (rows <= 32) of panel p from
+// that group; scratch (64-byte aligned) holds 32 x 32 floats; prefetch: pull the panel stream
+// ahead (off when the panel is already in cache, e.g. for a second group of rows).
+void avx512_pack_x_cols(const float* x, int64_t ldx, int rows, int64_t K, float* xt);
+void avx512_gemm_f32_cols(const GemmCall& c, const float* xt, int64_t m0, int rows, int64_t p,
+                          float* scratch, bool prefetch);
+constexpr int kColsGroupRows = 32;
+
 // The AVX-512 epilogue on a block of finished fp32 sums: y[r][j] = ep(acc[r][j] + bias[j]) for
 // r < rows, j < ncols (acc row stride lda floats, y row stride ldy); used by the AMX kernel.
 void avx512_store_rows(const float* acc, int64_t lda, int rows, int ncols, const float* bias,
