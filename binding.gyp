@@ -16,7 +16,7 @@
       "type": "static_library",
       "sources": ["<!@(cat native/sources/avx512.txt)"],
       "include_dirs": ["native"],
-      "cflags_cc": ["<@(llmcore_cflags)", "-std=c++17", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-mf16c", "-mprfchw", "-Wno-uninitialized", "-Wno-maybe-uninitialized"],
+      "cflags_cc": ["<@(llmcore_cflags)", "-std=c++17", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma", "-mf16c", "-Wno-uninitialized", "-Wno-maybe-uninitialized"],
       "cflags_cc!": ["-fno-exceptions", "-O2", "-O0"]
     },
     {

@@ -280,8 +280,9 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
 // second and third tile), the accumulators parked in scratch between blocks. Every output is
 // still one fp32 FMA chain over k in increasing order from +0, then + bias, then the epilogue:
 // the same bits as the row tiles.
-// Measured on Intel (2 vCPUs, AVX-512), 32 x 768 x 2304 with the weights from DRAM: 45% of the
-// FMA peak for the row tiles, 66% for these (standalone loops, see BENCHMARKS.md).
+// Measured on Intel (2 vCPUs, AVX-512, the weights from DRAM): a 124M batch-32 decode step's
+// matmuls 43.7 -> 34 ms (`engine_bench`); standalone loops of both, 32 x 768 x 2304: 45% ->
+// 66% of the FMA peak. Not measured on AMD yet (see BENCHMARKS.md).
 
 namespace {
 constexpr int kColsRows = kColsGroupRows;  // rows of one packed x group (two zmm)
@@ -374,21 +375,9 @@ void avx512_gemm_f32_cols(const GemmCall& c, const float* xt, int64_t m0, int ro
                           float* scratch, bool prefetch) {
   const uint8_t* wpanel = c.w + p * c.panel_bytes;
   const int64_t K = c.K;
-  // The outputs' lines are written once, at the end: fetch them for writing (RFO) a few rows
-  // per K block, so those stores do not all miss together (measured: 10-15% of a 32-row call
-  // with the stores missing, the y rows being N floats apart).
-  const int64_t nkb = K <= kColsKc ? 1 : (K + kColsKc - 1) / kColsKc;
-  const int64_t rows_per_kb = (rows + nkb - 1) / nkb;
-  const int64_t ncols = c.N - p * NR < NR ? c.N - p * NR : NR;
-  for (int64_t k0 = 0, kb = 0; k0 < K || k0 == 0; k0 += kColsKc, ++kb) {
+  for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kColsKc) {
     const int64_t kl = K - k0 < kColsKc ? K - k0 : kColsKc;
     const bool first = k0 == 0;
-    for (int64_t r = kb * rows_per_kb; r < rows && r < (kb + 1) * rows_per_kb; ++r) {
-      const char* yr = reinterpret_cast<const char*>(c.y + (m0 + r) * c.ldy + p * NR);
-      __builtin_prefetch(yr, 1, 3);
-      __builtin_prefetch(yr + 64, 1, 3);
-      __builtin_prefetch(yr + (ncols * 4 - 4), 1, 3);
-    }
     col_tile<11>(xt, wpanel, 0, k0, kl, first, scratch, 0, prefetch);
     col_tile<11>(xt, wpanel, 11, k0, kl, first, scratch, 1, prefetch);
     col_tile<10>(xt, wpanel, 22, k0, kl, first, scratch, 2, prefetch);
