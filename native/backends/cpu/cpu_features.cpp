@@ -46,6 +46,7 @@ CpuFeatures detect() {
   unsigned a, b, c, d;
   if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
   const unsigned max_leaf = a;
+  f.intel = b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;  // "Genu" "ineI" "ntel"
   if (max_leaf < 1) return f;
   __cpuid(1, a, b, c, d);
   const bool osxsave = (c >> 27) & 1;

@@ -13,6 +13,7 @@ struct CpuFeatures {
   // AMX-TILE + AMX-BF16 reported, the OS enables the tile state in XCR0, and the kernel granted
   // this process its use (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16).
   bool amx_bf16 = false;
+  bool intel = false;  // vendor GenuineIntel: picks between kernel variants measured per vendor
 };
 
 const CpuFeatures& cpu_features();

@@ -274,6 +274,7 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   c.kc = K;
   c.xpairs = nullptr;
   c.ldxp = 0;
+  c.skinny_panels = cpu_features().intel ? 2 : 1;  // see avx512_gemm_block
 
   // kBF16Tiles weights run on the tile unit from amx_min_rows() rows on; fewer rows take the
   // vdpbf16ps kernel over the same panels (the padded pair-rows are never read), see gemm.h.
@@ -317,7 +318,8 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   // in its tail tasks: with one (a 1 x 16 tile) those panels took ~1.5x longer per byte on
   // Zen 3, a sixth of a batch-1 step's GEMV time (AVX-512's 1 x 32 tile is two zmm per k-row
   // and streams fine alone).
-  const int64_t g = amx ? 4 : M == 1 ? 4 : M == 2 ? 3 : M == 3 ? 2 : 1;
+  // (Where the AVX-512 kernel reads panels in pairs, skinny_panels, two rows take 4 not 3.)
+  const int64_t g = amx ? 4 : M == 1 ? 4 : M == 2 ? (c.skinny_panels == 2 ? 4 : 3) : M == 3 ? 2 : 1;
   // Panel blocks [0, head_tasks) are ppt panels wide (the last one possibly narrower) and cover
   // panels [0, head_panels); the remaining panels go tail_ppt per task.
   int64_t ppt, head_panels, head_tasks, tail_ppt = 1;

@@ -206,12 +206,13 @@ using TileFn = void (*)(const GemmCall&, const float*, int64_t, int64_t, int64_t
                        int, float*, int64_t, const uint8_t*);
 
 constexpr int kMaxR = 8;
-constexpr int kMaxG = 1;
+constexpr int kMaxG = 2;
 template <int FMT>
 struct Table {
   TileFn fn[kMaxR + 1][kMaxG + 1] = {};
   constexpr Table() {
     fn[1][1] = tile<1, 1, FMT>;
+    fn[1][2] = tile<1, 2, FMT>; fn[2][2] = tile<2, 2, FMT>; fn[3][2] = tile<3, 2, FMT>;
     fn[2][1] = tile<2, 1, FMT>;
     fn[3][1] = tile<3, 1, FMT>;
     fn[4][1] = tile<4, 1, FMT>; fn[5][1] = tile<5, 1, FMT>; fn[6][1] = tile<6, 1, FMT>;
@@ -236,11 +237,15 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
   const int64_t K = c.K;
   const int64_t kc = (c.kc <= 0 || c.kc >= K) ? K : c.kc;
   const int64_t nkb = K == 0 ? 1 : (K + kc - 1) / kc;
-  // 1-3 rows are bound by the DRAM stream, not the FMA chains: one panel at a time (one
-  // sequential stream per thread) beat 4 / 3 / 2 panels side by side (M = 1 / 2 / 3) on Zen 4,
-  // `gemm_test --gemv-vs-read` with the variants interleaved round by round in one process:
-  // M = 1 +4-10%, M = 2 +1-10%, M = 3 +2% (f32 and bf16; more when the host reads faster).
-  constexpr int G = 1;
+  // 1-3 rows are bound by the DRAM stream. On Zen 4 one panel at a time (one sequential
+  // stream per thread) beat 4 / 3 / 2 panels side by side (M = 1 / 2 / 3), `gemm_test
+  // --gemv-vs-read` with the variants interleaved round by round in one process: M = 1
+  // +4-10%, M = 2 +1-10%, M = 3 +2% (f32 and bf16). On Intel (Sapphire Rapids class) a lone
+  // panel's 2-6 accumulator chains are too few to keep the stream going: two panels side by
+  // side, alternating runs of `engine_bench`: bf16 (vdpbf16ps) batch 1 8.7 -> 7.7 ms per step,
+  // batch 2 13.0 -> 11.6, batch 3 14.9 -> 11.6; f32 batch 1 17.6 -> 16.0, batch 3 22.8 -> 18.8.
+  // gemm.cpp chooses by vendor (skinny_panels).
+  const int G = rows <= 3 && c.skinny_panels == 2 ? 2 : 1;
   const int64_t ntiles = rows <= 3 ? 1 : (rows + kMaxR - 1) / kMaxR;
   const int64_t base = rows / ntiles, extra = rows % ntiles;
   const int64_t sc_pstride = rows * NR;
