@@ -63,11 +63,12 @@ bool bf16_dot_product(Isa isa);
 // at batch 8 vdpbf16ps is already compute-bound, 105 of its 167 GFLOP/s peak on 2 cores).
 constexpr int kAmxMinRowsDefault = 8;
 int amx_min_rows();
-// Rows from which fp32 weights on AVX-512 run on the column-tile kernel (gemm_kernels.h):
-// below this the row tiles stream W fine; from here on a panel read once beats a panel read
-// once per 8 rows (measured on Intel at 24-32 rows, see gemm.cpp).
+// Rows from which fp32 weights on AVX-512 (Intel) run on the column-tile kernel
+// (gemm_kernels.h), up to kColsMaxRows: below this the row tiles stream W fine; from here on a
+// panel read once beats a panel read once per row tile (measured at 24-32 rows, see gemm.cpp).
 // LLMCORE_F32_COLS_MIN_ROWS overrides it (read once; a huge value turns the kernel off).
 constexpr int kColsMinRowsDefault = 24;
+constexpr int kColsMaxRows = 64;
 int f32_cols_min_rows();
 // The instruction bf16 weights packed for `isa` run on: "amx", "vdpbf16ps" or "fma" (widened).
 const char* bf16_kernel(Isa isa);

@@ -205,7 +205,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
 using TileFn = void (*)(const GemmCall&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
                        int, float*, int64_t, const uint8_t*);
 
-constexpr int kMaxR = 8;
+constexpr int kMaxR = 14;
 constexpr int kMaxG = 2;
 template <int FMT>
 struct Table {
@@ -217,6 +217,8 @@ struct Table {
     fn[3][1] = tile<3, 1, FMT>;
     fn[4][1] = tile<4, 1, FMT>; fn[5][1] = tile<5, 1, FMT>; fn[6][1] = tile<6, 1, FMT>;
     fn[7][1] = tile<7, 1, FMT>; fn[8][1] = tile<8, 1, FMT>;
+    fn[9][1] = tile<9, 1, FMT>; fn[10][1] = tile<10, 1, FMT>; fn[11][1] = tile<11, 1, FMT>;
+    fn[12][1] = tile<12, 1, FMT>; fn[13][1] = tile<13, 1, FMT>; fn[14][1] = tile<14, 1, FMT>;
   }
 };
 const Table<kF32> kTabF32;
@@ -246,7 +248,8 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
   // batch 2 13.0 -> 11.6, batch 3 14.9 -> 11.6; f32 batch 1 17.6 -> 16.0, batch 3 22.8 -> 18.8.
   // gemm.cpp chooses by vendor (skinny_panels).
   const int G = rows <= 3 && c.skinny_panels == 2 ? 2 : 1;
-  const int64_t ntiles = rows <= 3 ? 1 : (rows + kMaxR - 1) / kMaxR;
+  const int64_t max_r = c.max_tile_rows >= 1 && c.max_tile_rows <= kMaxR ? c.max_tile_rows : 8;
+  const int64_t ntiles = rows <= 3 ? 1 : (rows + max_r - 1) / max_r;
   const int64_t base = rows / ntiles, extra = rows % ntiles;
   const int64_t sc_pstride = rows * NR;
   for (int64_t kb = 0; kb < nkb; ++kb) {

@@ -46,6 +46,7 @@ struct GemmCall {
   const uint32_t* xpairs;  // kBF16Pairs / kBF16Tiles: x rounded to bf16, (M, ceil(K/2)) pairs
   int64_t ldxp;            // (low half = even k; zero pairs up to ldxp); row stride in pairs
   int skinny_panels;       // AVX-512, 1-3 rows: panels side by side per tile (1 or 2)
+  int max_tile_rows;       // AVX-512 row tiles: at most this many rows (8 or 14)
 };
 
 // Computes rows [m0, m1) x panels [p0, p1) of y, all of K. scratch (64-byte aligned) holds
