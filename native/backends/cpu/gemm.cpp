@@ -5,7 +5,9 @@
 // through a dynamic counter (for tall tiles each thread claims its next task one panel early, to
 // prefetch it). K is never split across tasks. Inside a task the ISA kernel may walk K in
 // blocks, parking the fp32 accumulators in per-thread scratch between blocks, which keeps each
-// output element one sequential FMA chain (bitwise batch invariance, see gemm.h).
+// output element one sequential FMA chain (bitwise batch invariance, see gemm.h). Streaming
+// shapes (up to 16 rows, and the column-tile kernel's 24-64) instead give each thread one
+// contiguous share of the panels (ThreadPool::parallel_shares).
 #include "backends/cpu/gemm.h"
 
 #include <algorithm>

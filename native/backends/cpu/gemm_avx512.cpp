@@ -3,12 +3,13 @@
 // kBF16Pairs format, which uses vdpbf16ps, is only ever packed when it also reports avx512bf16).
 // Self-contained like gemm_avx2.cpp, and built the same way so the two can be read side by side:
 // panels of 32 columns (two zmm per k-row), register tiles of R rows x G panels. Unlike AVX2
-// (where 1-3 rows take 2-4 panels side by side), every tile here is one panel wide (R <= 8
-// rows x 32 columns, 2R accumulators): skinny batches stream one panel at a time, see
-// avx512_gemm_block. The G parameter stays so the two files keep the same shape.
+// (where 1-3 rows take 2-4 panels side by side), a tile here is one panel wide (R <= 8 rows, or
+// 14 on Intel, x 32 columns, 2R accumulators), except that 1-3 rows on Intel take two panels
+// side by side (GemmCall::skinny_panels, see avx512_gemm_block). Further down, the column-tile
+// fp32 kernel for 24-64 rows (Intel).
 //
 // First compiled blind on Zen 3 (no AVX-512); since the seventh session it runs and passes
-// test-backend-ops and gemm_test on an AVX-512 + AVX512_BF16 machine (AMD Zen 4).
+// test-backend-ops and gemm_test on AVX-512 machines (AMD Zen 4; Intel with AMX).
 //
 // Formats:
 //   kF32 / kF16: every output is one fp32 FMA chain over k in increasing order (bitwise equal
