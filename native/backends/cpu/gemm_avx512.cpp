@@ -279,8 +279,8 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// The column-tile f32 kernel (batches of >= 24 rows). The tiles above hold 8 rows x 32 columns
-// and broadcast x: a 32-row batch reads each panel four times (once from DRAM, three times from
+// The column-tile f32 kernel (batches of 24-64 rows). The tiles above hold 8-14 rows x 32 columns
+// and broadcast x: a 32-row batch reads each panel 3-4 times (once from DRAM, then from
 // L2), in bursts the prefetcher cannot smooth. Here the roles swap: x is packed k-major, 32
 // rows per k (two zmm), and a tile holds 32 rows x C columns (2C accumulators) and broadcasts
 // W, so each panel is read once, front to back, at the rate the FMAs consume it, with a
@@ -291,7 +291,7 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
 // the same bits as the row tiles.
 // Measured on Intel (2 vCPUs, AVX-512, the weights from DRAM): a 124M batch-32 decode step's
 // matmuls 43.7 -> 34 ms (`engine_bench`); standalone loops of both, 32 x 768 x 2304: 45% ->
-// 66% of the FMA peak. Not measured on AMD yet (see BENCHMARKS.md).
+// 66% of the FMA peak. Used on Intel only (gemm.cpp): not measured on AMD yet.
 
 namespace {
 constexpr int kColsRows = kColsGroupRows;  // rows of one packed x group (two zmm)
