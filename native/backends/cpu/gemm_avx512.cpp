@@ -367,16 +367,19 @@ void col_tile(const float* xt, const uint8_t* wpanel, int c0, int64_t k0, int64_
 }  // namespace
 
 void avx512_pack_x_cols(const float* x, int64_t ldx, int rows, int64_t K, float* xt) {
+  // 16 k x 16 rows at a time: load 16 row pieces, transpose, store 16 k-rows' halves.
   for (int64_t k0 = 0; k0 < K; k0 += 16) {
     const int kn = int(K - k0 < 16 ? K - k0 : 16);
-    // 16 k at a time: read each row's 16 values once, write them as 16 k-rows of 32 rows.
-    alignas(64) float blk[kColsRows][16];
-    for (int r = 0; r < kColsRows; ++r) {
-      if (r < rows) _mm512_store_ps(blk[r], _mm512_maskz_loadu_ps(tail_mask(kn), x + r * ldx + k0));
-      else _mm512_store_ps(blk[r], _mm512_setzero_ps());
+    for (int rh = 0; rh < kColsRows / 16; ++rh) {
+      __m512 v[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        const int r = rh * 16 + i;
+        v[i] = r < rows ? _mm512_maskz_loadu_ps(tail_mask(kn), x + r * ldx + k0) : _mm512_setzero_ps();
+      }
+      transpose16(v);
+      for (int kk = 0; kk < kn; ++kk) _mm512_store_ps(xt + (k0 + kk) * kColsRows + rh * 16, v[kk]);
     }
-    for (int kk = 0; kk < kn; ++kk)
-      for (int r = 0; r < kColsRows; ++r) xt[(k0 + kk) * kColsRows + r] = blk[r][kk];
   }
 }
 
