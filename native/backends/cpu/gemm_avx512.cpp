@@ -387,13 +387,12 @@ void avx512_gemm_f32_cols(const GemmCall& c, const float* xt, int64_t m0, int ro
                           float* scratch, bool prefetch) {
   const uint8_t* wpanel = c.w + p * c.panel_bytes;
   const int64_t K = c.K;
-  for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kColsKc) {
+  for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kColsKc) {  // once for K = 0: zero sums
     const int64_t kl = K - k0 < kColsKc ? K - k0 : kColsKc;
     const bool first = k0 == 0;
     col_tile<11>(xt, wpanel, 0, k0, kl, first, scratch, 0, prefetch);
     col_tile<11>(xt, wpanel, 11, k0, kl, first, scratch, 1, prefetch);
     col_tile<10>(xt, wpanel, 22, k0, kl, first, scratch, 2, prefetch);
-    if (K == 0) break;
   }
   // scratch holds the sums column by column (32 rows each): transpose 16 x 16 blocks into rows.
   for (int h = 0; h < 2; ++h) {
