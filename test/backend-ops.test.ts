@@ -3,7 +3,7 @@
 import { backendInfo, measureRoofline, runBackendOps } from '../lib';
 import type { BackendOpCase } from '../lib/native';
 
-const OPS = ['layernorm', 'matmul', 'kv_store', 'attention', 'embed', 'gather'] as const;
+const OPS = ['layernorm', 'matmul', 'kv_store', 'attention', 'store_and_attend', 'embed', 'gather'] as const;
 
 let cases: BackendOpCase[];
 beforeAll(async () => {

@@ -119,6 +119,13 @@ class Backend {
   // out (M, C) from the queries in columns 0..C of qkv (M, 3C).
   virtual void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
                          int layer, float* out) = 0;
+  // kv_store then attention, as one op: what the forward pass calls. A backend may fuse them
+  // (the CPU backend does, for decode), so the outputs and cache must equal the two ops'.
+  virtual void store_and_attend(const float* qkv, const AttnSeq* seqs, int n_seqs,
+                                const KvView& kv, int layer, float* out) {
+    kv_store(qkv, seqs, n_seqs, kv, layer);
+    attention(qkv, seqs, n_seqs, kv, layer, out);
+  }
   // out_host[r] = log(sum_j exp(x[r][j])), each row's log-softmax normaliser; x (rows, n).
   // NaN when the row holds a NaN; +-inf when its largest value is +-inf (and no NaN).
   virtual void logsumexp_rows(const float* x, int rows, int64_t n, double* out_host) = 0;

@@ -219,8 +219,7 @@ float* Gpt2Model::forward(const int32_t* tokens, const int32_t* positions, int M
     const Layer& w = layers_[size_t(l)];
     be.layernorm(a.x, M, C, w.ln_1_w, w.ln_1_b, eps, a.xn);                dump("attn_norm", l, a.xn, M, C);
     be.matmul(a.xn, C, M, *w.c_attn_w, w.c_attn_b, a.qkv, Epilogue::Store); dump("qkv", l, a.qkv, M, 3 * C);
-    be.kv_store(a.qkv, seqs, n_seqs, kv, l);                               dump("kv_store", l, a.qkv, M, 3 * C);
-    be.attention(a.qkv, seqs, n_seqs, kv, l, a.att);                       dump("attn_out", l, a.att, M, C);
+    be.store_and_attend(a.qkv, seqs, n_seqs, kv, l, a.att);                dump("attn_out", l, a.att, M, C);
     be.matmul(a.att, C, M, *w.attn_c_proj_w, w.attn_c_proj_b, a.x, Epilogue::AddTo);  // x += proj
     dump("attn_resid", l, a.x, M, C);
     be.layernorm(a.x, M, C, w.ln_2_w, w.ln_2_b, eps, a.xn);                dump("ffn_norm", l, a.xn, M, C);

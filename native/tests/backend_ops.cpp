@@ -258,6 +258,23 @@ void test_attention(Backend& be, const std::string& name, bool quick, DType kv_d
       }
     }
 
+    // The fused op the forward pass calls: the same cache and the same bits as the two ops.
+    Guarded fpool(be, pool_init), fout(be, std::vector<float>(size_t(M * C), 0.f));
+    std::vector<void*> fptrs;
+    for (int b = 0; b < n_blocks; b++) fptrs.push_back(fpool.get() + size_t(b) * block_floats);
+    be.store_and_attend(dqkv.get(), seqs.data(), int(seqs.size()), KvView{fptrs.data(), C, k.NH, kv_dtype},
+                        layer, fout.get());
+    OpCase fused_store{name, "store_and_attend (cache)", shape};
+    fused_store.tol = 0;
+    ok = true;
+    compare(fused_store, kv_elements(fpool.fetch(&ok), kv_dtype), kv_elements(ref_pool, kv_dtype), ok);
+    out.push_back(fused_store);
+    OpCase fused{name, "store_and_attend", shape};
+    fused.tol = 0;
+    ok = true;
+    compare(fused, fout.fetch(&ok), batched, ok);
+    out.push_back(fused);
+
     // Batch invariance: every row again, alone (one new token over the same cache, as decode
     // would), must give the very same bits as in the batch.
     Guarded dalone(be, std::vector<float>(size_t(M * C), 0.f));

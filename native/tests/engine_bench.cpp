@@ -77,8 +77,7 @@ struct Profile {
 const char* op_label(const std::string& name) {
   static const std::map<std::string, const char*> labels = {
       {"embd", "embed (+ step setup)"},        {"attn_norm", "layernorm 1"},
-      {"qkv", "matmul qkv"},                   {"kv_store", "kv_store"},
-      {"attn_out", "attention"},
+      {"qkv", "matmul qkv"},                   {"attn_out", "kv_store + attention"},
       {"attn_resid", "matmul attn.proj + residual"}, {"ffn_norm", "layernorm 2"},
       {"ffn_gelu", "matmul fc + gelu"},        {"ffn_resid", "matmul mlp.proj + residual"},
       {"out_norm", "gather + final layernorm"}, {"logits", "matmul lm_head"},

@@ -42,6 +42,8 @@ class CpuBackend final : public Backend {
                 int layer) override;
   void attention(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv, int layer,
                  float* out) override;
+  void store_and_attend(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv,
+                        int layer, float* out) override;
   void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) override;
   void logsumexp_rows(const float* x, int rows, int64_t n, double* out_host) override;
   ThreadPool* host_pool() override { return &pool_; }
@@ -51,8 +53,13 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   WeightArena weights_;
   std::vector<float> attn_scratch_;  // (threads, 8 x max keys): see ops_kernels.h
+  static constexpr int kAttnRows = 16;  // new tokens per attention task (one chunk)
   struct AttnTask { int32_t seq, head, heads, r0, rows; };  // heads [head, head + heads)
   std::vector<AttnTask> tasks_;      // attention's work list, kept to reuse its memory
+  std::vector<AttnSeq> chunked_;     // store_and_attend's sequences of several chunks
+  void store_head(const float* qkv, const AttnSeq& s, int h, const KvView& kv, int layer);
+  void attend(const float* qkv, const AttnSeq* seqs, int n_seqs, const KvView& kv, int layer,
+              float* out, bool store_single_chunk);
 };
 
 }  // namespace llmcore::cpu
