@@ -441,7 +441,11 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
     return true;
   };
   const int64_t ntasks = nrb * npb;
-  if ((skinny || M <= 16) && !amx) {
+  // On the tile unit, decode batches up to 64 rows (one row block, nrb is 1) take shares too:
+  // batch 32, 124M shapes from DRAM (gemm_test --bench, alternating): qkv 584 -> 657-663
+  // GFLOP/s, b8 shapes 195-206 -> 202-236.
+  const bool shares = amx ? nrb == 1 : skinny || M <= 16;
+  if (shares) {
     // Up to 16 rows the GEMM is bound by streaming W (nrb is 1): each thread gets one
     // contiguous share of the panels and walks it front to back, ppt panels at a time, instead
     // of ppt-panel tasks interleaved with the other threads'; the tail balances by stealing (at
