@@ -124,7 +124,7 @@ constexpr int kModeLast = 2;
 // pf: the W rows that follow this tile's panel, as in gemm_avx2.cpp (nullptr: none).
 template <int R, int G, int FMT>
 void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p, int64_t k0,
-          int64_t kl, int mode, float* sc, int64_t sc_pstride, const uint8_t* pf) {
+          int64_t kl, int mode, float* sc, int64_t sc_pstride, const uint8_t* pf, int pf_every) {
   constexpr int RB = row_bytes<FMT>();
   // The loops over r and j below must unroll completely (see the pragmas) for acc[][] to live
   // in registers.
@@ -153,6 +153,9 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
   const int64_t pb = c.panel_bytes;
   const uint32_t* xq = FMT == kBF16Pairs ? c.xpairs + m * c.ldxp + k0 / 2 : nullptr;
   const int64_t ldxp = c.ldxp;
+  // pf_every 1: this tile prefetches the whole next panel, row k with its own row k. n > 1:
+  // only its slice of it (pf points at the slice), one row every n of its own rows.
+  int pf_count = pf_every;
 #pragma GCC unroll 2
   for (int64_t k = 0; k < nrows; ++k) {
     __m512 b[2 * G];
@@ -160,9 +163,11 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
     for (int g = 0; g < G; ++g) {
       load_w<FMT>(wp + g * pb + k * RB, b[2 * g], b[2 * g + 1]);
     }
-    if (prefetch_next) {
-      _mm_prefetch(reinterpret_cast<const char*>(pf + k * RB), _MM_HINT_T1);
-      if (RB == 128) _mm_prefetch(reinterpret_cast<const char*>(pf + k * RB + 64), _MM_HINT_T1);
+    if (prefetch_next && --pf_count == 0) {
+      pf_count = pf_every;
+      _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T1);
+      if (RB == 128) _mm_prefetch(reinterpret_cast<const char*>(pf + 64), _MM_HINT_T1);
+      pf += RB;
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
@@ -204,7 +209,7 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
 }
 
 using TileFn = void (*)(const GemmCall&, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int, float*, int64_t, const uint8_t*);
+                       int, float*, int64_t, const uint8_t*, int);
 
 constexpr int kMaxR = 14;
 constexpr int kMaxG = 2;
@@ -267,11 +272,19 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
       const uint8_t* pf = q + G < np ? c.w + (p0 + q + G) * c.panel_bytes + koff
                           : kb + 1 < nkb ? c.w + p0 * c.panel_bytes + knext
                                          : next_w;
+      // Spread: the panel's tiles share the prefetch of the next one, each its slice, at an
+      // even pace, instead of each tile pulling all of it (the first one from DRAM as fast as
+      // it computes).
+      const int64_t krows = c.fmt == kBF16Pairs ? (kl + 1) / 2 : kl;
+      const int64_t slice = c.spread_prefetch && ntiles > 1 && krows > 0 ? (krows + ntiles - 1) / ntiles : krows;
+      const int every = slice < krows ? int((krows + slice - 1) / slice) : 1;  // stays inside its slice
+      const int64_t rb = c.fmt == kBF16Pairs ? NR * 4 : NR * (c.fmt == kF32 ? 4 : 2);
       int64_t r = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const int R = int(base + (t < extra ? 1 : 0));
+        const uint8_t* tpf = pf && slice < krows ? (t * slice < krows ? pf + t * slice * rb : nullptr) : pf;
         fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, mode,
-                 scratch + q * sc_pstride + r * NR, sc_pstride, pf);
+                 scratch + q * sc_pstride + r * NR, sc_pstride, tpf, every);
         r += R;
       }
     }

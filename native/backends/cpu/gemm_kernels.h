@@ -47,6 +47,7 @@ struct GemmCall {
   int64_t ldxp;            // (low half = even k; zero pairs up to ldxp); row stride in pairs
   int skinny_panels;       // AVX-512, 1-3 rows: panels side by side per tile (1 or 2)
   int max_tile_rows;       // AVX-512 row tiles: at most this many rows (8 or 14)
+  bool spread_prefetch = false;  // AVX-512 row tiles: a panel's tiles share the next one's prefetch
 };
 
 // Computes rows [m0, m1) x panels [p0, p1) of y, all of K. scratch (64-byte aligned) holds
