@@ -686,11 +686,12 @@ void bench(ThreadPool& pool, const std::string& only) {
       // The lm_head is the tied wte, stored (N, K); the block weights are Conv1D (K, N).
       const WeightView view{w.data(), DType::F32, N, K, bs.N != 50257, bs.name};
       // "hot": one weight, reused (L3-resident when it fits in L3). "cold": enough copies to
-      // exceed the L3 several times over, cycled, as decode does over the model's layers.
+      // exceed the L3 several times over, cycled, as decode does over the model's layers (and a
+      // prefill, which reads each layer's weights from DRAM once per prompt).
       std::vector<std::unique_ptr<PackedWeight>> copies;
       copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
       const size_t wbytes = copies[0]->bytes;
-      const bool do_cold = bs.M <= 32;
+      const bool do_cold = true;
       if (do_cold) {
         const size_t want = size_t(256) << 20;
         while (copies.size() * wbytes < want) copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
