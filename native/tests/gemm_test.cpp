@@ -691,12 +691,8 @@ void bench(ThreadPool& pool, const std::string& only) {
       std::vector<std::unique_ptr<PackedWeight>> copies;
       copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
       const size_t wbytes = copies[0]->bytes;
-      const bool do_cold = true;
-      if (do_cold) {
-        const size_t want = size_t(256) << 20;
-        while (copies.size() * wbytes < want) copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
-      }
-      for (int mode = 0; mode < (do_cold ? 2 : 1); ++mode) {
+      while (copies.size() * wbytes < (size_t(256) << 20)) copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
+      for (int mode = 0; mode < 2; ++mode) {
         const size_t nc = mode == 0 ? 1 : copies.size();
         auto run_all = [&] {
           for (size_t i = 0; i < nc; ++i)

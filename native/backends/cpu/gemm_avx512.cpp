@@ -275,14 +275,15 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
       // Spread: the panel's tiles share the prefetch of the next one, each its slice, at an
       // even pace, instead of each tile pulling all of it (the first one from DRAM as fast as
       // it computes).
-      const int64_t krows = c.fmt == kBF16Pairs ? (kl + 1) / 2 : kl;
-      const int64_t slice = c.spread_prefetch && ntiles > 1 && krows > 0 ? (krows + ntiles - 1) / ntiles : krows;
-      const int every = slice < krows ? int((krows + slice - 1) / slice) : 1;  // stays inside its slice
-      const int64_t rb = c.fmt == kBF16Pairs ? NR * 4 : NR * (c.fmt == kF32 ? 4 : 2);
+      const int64_t kpr = c.fmt == kBF16Pairs ? 2 : 1;  // k per packed row
+      const int64_t krows = (kl + kpr - 1) / kpr;
+      const bool spread = c.spread_prefetch && ntiles > 1 && krows > 1;
+      const int64_t slice = spread ? (krows + ntiles - 1) / ntiles : krows;
+      const int every = spread ? int((krows + slice - 1) / slice) : 1;  // stays inside its slice
       int64_t r = 0;
       for (int64_t t = 0; t < ntiles; ++t) {
         const int R = int(base + (t < extra ? 1 : 0));
-        const uint8_t* tpf = pf && slice < krows ? (t * slice < krows ? pf + t * slice * rb : nullptr) : pf;
+        const uint8_t* tpf = !spread || !pf ? pf : t * slice < krows ? pf + k_bytes(t * slice * kpr) : nullptr;
         fn[R][g](c, xa + r * lda, lda, m0 + r, p0 + q, k0, kl, mode,
                  scratch + q * sc_pstride + r * NR, sc_pstride, tpf, every);
         r += R;
