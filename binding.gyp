@@ -32,7 +32,9 @@
       "sources": ["<!@(cat native/sources/core.txt)", "<!@(cat native/sources/addon.txt)"],
       "dependencies": ["llmcore_isa_amx", "llmcore_isa_avx2", "llmcore_isa_avx512"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
-      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],
+      # SWALLOW_UNTHROWABLE: on a worker thread being terminated napi_throw fails, and without it
+      # node-addon-api throws again out of its C callback, which aborts the whole process.
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-O2", "-O0"],
       "cflags_cc": ["<@(llmcore_cflags)", "-std=c++17", "-fexceptions"],
