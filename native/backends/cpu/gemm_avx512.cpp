@@ -153,8 +153,8 @@ void tile(const GemmCall& c, const float* xp, int64_t ldx, int64_t m, int64_t p,
   const int64_t pb = c.panel_bytes;
   const uint32_t* xq = FMT == kBF16Pairs ? c.xpairs + m * c.ldxp + k0 / 2 : nullptr;
   const int64_t ldxp = c.ldxp;
-  // pf_every 1: this tile prefetches the whole next panel, row k with its own row k. n > 1:
-  // only its slice of it (pf points at the slice), one row every n of its own rows.
+  // pf_every 1: this tile prefetches the whole next panel, row k with its own row k. pf_every
+  // n > 1: only its slice of it (pf points at the slice), one row every n of its own rows.
   int pf_count = pf_every;
 #pragma GCC unroll 2
   for (int64_t k = 0; k < nrows; ++k) {
