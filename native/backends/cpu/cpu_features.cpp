@@ -47,8 +47,11 @@ CpuFeatures detect() {
   if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
   const unsigned max_leaf = a;
   f.intel = b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu;  // "Genu" "ineI" "ntel"
+  f.amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;    // "Auth" "enti" "cAMD"
   if (max_leaf < 1) return f;
   __cpuid(1, a, b, c, d);
+  const int base_family = int((a >> 8) & 0xf);
+  f.family = base_family == 0xf ? base_family + int((a >> 20) & 0xff) : base_family;
   const bool osxsave = (c >> 27) & 1;
   const bool avx = (c >> 28) & 1;
   const bool fma = (c >> 12) & 1;

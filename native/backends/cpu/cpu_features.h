@@ -13,7 +13,10 @@ struct CpuFeatures {
   // AMX-TILE + AMX-BF16 reported, the OS enables the tile state in XCR0, and the kernel granted
   // this process its use (arch_prctl ARCH_REQ_XCOMP_PERM; Linux >= 5.16).
   bool amx_bf16 = false;
-  bool intel = false;  // vendor GenuineIntel: picks between kernel variants measured per vendor
+  // Vendor and cpuid family (base + extended) pick between kernel variants measured per CPU.
+  bool intel = false;  // GenuineIntel
+  bool amd = false;    // AuthenticAMD: family 0x17 Zen 1-2, 0x19 Zen 3-4, 0x1A Zen 5
+  int family = 0;
 };
 
 const CpuFeatures& cpu_features();

@@ -280,14 +280,21 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   // Intel: skinny GEMVs read two panels side by side (avx512_gemm_block); the fp32 row tiles
   // go up to 14 rows x 32 columns (28 accumulators): prefill 512 on the row tiles, alternating
   // runs, qkv 78-81 -> 70-72 ms, fc 105-109 -> 99-101, mlp.proj 100-104 -> 96-99 (12 layers).
-  const bool intel = cpu_features().intel;
+  const CpuFeatures& cpu = cpu_features();
+  const bool intel = cpu.intel;
   c.skinny_panels = intel ? 2 : 1;
   c.max_tile_rows = intel ? 14 : 8;
-  // Intel: a panel's row tiles share the prefetch of the next panel (gemm_avx512.cpp). Prefill
-  // f32, engine_bench best of rounds, 3 alternating pairs: 512 tokens 314-322 -> 304-308 ms,
-  // 128 tokens 86-88 -> 75-77 ms; GEMMs with weights from DRAM (gemm_test --bench, 512 rows)
-  // 299-322 -> 326-348 GFLOP/s. Not measured on AMD, which keeps every tile prefetching it all.
-  c.spread_prefetch = intel;
+  // Intel and Zen 5: a panel's row tiles share the prefetch of the next panel
+  // (gemm_avx512.cpp). Intel, prefill f32, engine_bench best of rounds, 3 alternating pairs:
+  // 512 tokens 314-322 -> 304-308 ms, 128 tokens 86-88 -> 75-77 ms; GEMMs with weights from
+  // DRAM (gemm_test --bench, 512 rows) 299-322 -> 326-348 GFLOP/s. Zen 5 (EPYC family 0x1A),
+  // weights from DRAM, the two variants alternating sample by sample in one process (median of
+  // 11-15, GFLOP/s): 32 x 768 x 3072 f32 374 -> 413, bf16 732 -> 808; 32 x 3072 x 768 f32
+  // 381 -> 427; lm_head at 32 rows f32 345 -> 385; 512 rows +1..4%, 16-128 rows +5..8%. (There
+  // two panels per GEMV, 14-row tiles, 176-row blocks and the column-tile kernel measured
+  // equal or slower, so Zen 5 keeps AMD's choices for those.) Zen 4 and older: not measured,
+  // every tile prefetches the whole next panel.
+  c.spread_prefetch = intel || (cpu.amd && cpu.family >= 0x1a);
 
   // kBF16Tiles weights run on the tile unit from amx_min_rows() rows on; fewer rows take the
   // vdpbf16ps kernel over the same panels (the padded pair-rows are never read), see gemm.h.
