@@ -7,14 +7,17 @@
 //   gemm_test --bench --only=lm_head    benchmark the shapes whose name contains "lm_head"
 //   gemm_test --gemv-vs-read   the batch-1 GEMV over the 124M layer shapes against a plain read
 //                              of the same bytes, round by round (the host's bandwidth moves)
+//   gemm_test --ab=spread_prefetch [--only=b32]   this CPU's GemmTuning against the same with
+//                              one knob flipped, sample by sample (see bench_ab)
 //
 // Correctness: every output is compared against a plain double-precision reference computed
 // here (y = sum_k x*w in double, on the weights as rounded to the compute dtype), with an error
 // bound derived from the fp32 FMA chain; the Store/AddTo outputs of the fp32-chain kernels are
 // additionally required to be bitwise equal to an fp32 std::fma chain computed here (the
-// contract in gemm.h). Batch invariance is checked bitwise (row m of a batch vs the same row
-// alone, vs a sub-batch at an offset, vs other thread counts), and guard zones around y and NaN
-// padding in x catch out-of-bounds writes and reads.
+// contract in gemm.h) and to the output with every tuning knob flipped (GemmTuning: the kernel
+// variants picked on other CPUs). Batch invariance is checked bitwise (row m of a batch vs the
+// same row alone, vs a sub-batch at an offset, vs other thread counts), and guard zones around y
+// and NaN padding in x catch out-of-bounds writes and reads.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -357,6 +360,18 @@ struct Case {
   bool kn;
 };
 
+// Every tuning knob set the other way from this CPU's choice: the kernel variants tuned for
+// other CPUs, which must give the same bits (gemm.h: the tuning only changes speed).
+GemmTuning flipped_tuning() {
+  GemmTuning t = gemm_tuning();
+  t.skinny_panels = t.skinny_panels == 2 ? 1 : 2;
+  t.max_tile_rows = t.max_tile_rows == 14 ? 8 : 14;
+  t.spread_prefetch = !t.spread_prefetch;
+  t.wide_row_blocks = !t.wide_row_blocks;
+  t.f32_cols = !t.f32_cols;
+  return t;
+}
+
 // Checks one (shape, dtype pair, layout) over every ISA, epilogue and bias choice.
 void check_case(const Case& cs, std::mt19937& rng, ThreadPool& pool, ThreadPool& pool1,
                 ThreadPool& pool3, bool full_invariance) {
@@ -436,6 +451,15 @@ void check_case(const Case& cs, std::mt19937& rng, ThreadPool& pool, ThreadPool&
         CHECK(bad_bits == 0, "%s %s->%s kn=%d M=%d N=%" PRId64 " K=%" PRId64 " %s bias=%d: %d "
               "outputs differ from the fp32 fma chain", isa_name(isa), dtype_name(cs.sd),
               dtype_name(cs.cd), cs.kn, M, N, K, ep_name(ep), with_bias, bad_bits);
+        {
+          Buf yf(size_t(M * N));
+          if (ep == Epilogue::AddTo) std::copy(y0.begin(), y0.end(), yf.p);
+          gemm(x.data(), ldx, M, *pw, b, yf.p, ep, pool, flipped_tuning());
+          CHECK(yf.guards_ok() && std::memcmp(yf.p, y.p, size_t(M * N) * 4) == 0,
+                "%s %s->%s kn=%d M=%d N=%" PRId64 " K=%" PRId64 " %s bias=%d: the other CPUs' "
+                "tuning (flipped_tuning) gives other bits", isa_name(isa), dtype_name(cs.sd),
+                dtype_name(cs.cd), cs.kn, M, N, K, ep_name(ep), with_bias);
+        }
 
         // Batch invariance: each row alone (M = 1), a sub-batch at an offset, other thread
         // counts. All must be bitwise equal to the batched result. AMX weights (gemm.h) are
@@ -567,6 +591,25 @@ struct BenchShape {
   int64_t K, N;
 };
 
+// The 124M model's matmul shapes at prefill 512 and batches 32, 1 and 8; ends with {}.
+const BenchShape* bench_shapes() {
+  static const BenchShape shapes[] = {
+      {"prefill qkv", 512, 768, 2304}, {"prefill attn.proj", 512, 768, 768},
+      {"prefill fc", 512, 768, 3072},  {"prefill mlp.proj", 512, 3072, 768},
+      {"b32 qkv", 32, 768, 2304},      {"b32 attn.proj", 32, 768, 768},
+      {"b32 fc", 32, 768, 3072},       {"b32 mlp.proj", 32, 3072, 768},
+      {"b32 lm_head", 32, 768, 50257}, {"b1 qkv", 1, 768, 2304},
+      {"b1 attn.proj", 1, 768, 768},   {"b1 fc", 1, 768, 3072},
+      {"b1 mlp.proj", 1, 3072, 768},   {"b1 lm_head", 1, 768, 50257},
+      // Batch 8: where streaming the weights and the FMAs take about as long (no target; the
+      // roofline is the longer of the two).
+      {"b8 qkv", 8, 768, 2304},        {"b8 fc", 8, 768, 3072},
+      {"b8 mlp.proj", 8, 3072, 768},   {"b8 lm_head", 8, 768, 50257},
+      {nullptr, 0, 0, 0},
+  };
+  return shapes;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -658,24 +701,13 @@ void bench(ThreadPool& pool, const std::string& only) {
   const double peak0 = measure_peak_fma_gflops(pool);
   const double peak_bf16_0 = measure_peak_bf16_gflops(pool);
   const double bw0 = measure_read_bandwidth_gbs(pool);
-  static const BenchShape shapes[] = {
-      {"prefill qkv", 512, 768, 2304}, {"prefill attn.proj", 512, 768, 768},
-      {"prefill fc", 512, 768, 3072},  {"prefill mlp.proj", 512, 3072, 768},
-      {"b32 qkv", 32, 768, 2304},      {"b32 attn.proj", 32, 768, 768},
-      {"b32 fc", 32, 768, 3072},       {"b32 mlp.proj", 32, 3072, 768},
-      {"b32 lm_head", 32, 768, 50257}, {"b1 qkv", 1, 768, 2304},
-      {"b1 attn.proj", 1, 768, 768},   {"b1 fc", 1, 768, 3072},
-      {"b1 mlp.proj", 1, 3072, 768},   {"b1 lm_head", 1, 768, 50257},
-      // Batch 8: where streaming the weights and the FMAs take about as long (no target; the
-      // roofline is the longer of the two).
-      {"b8 qkv", 8, 768, 2304},        {"b8 fc", 8, 768, 3072},
-      {"b8 mlp.proj", 8, 3072, 768},   {"b8 lm_head", 8, 768, 50257},
-  };
+  const BenchShape* shapes = bench_shapes();
   std::vector<BenchRow> rows;
   std::mt19937 rng(7);
   std::normal_distribution<float> nd(0.0f, 0.5f);
   for (DType cd : {DType::F32, DType::BF16}) {
-    for (const BenchShape& bs : shapes) {
+    for (const BenchShape* bsp = shapes; bsp->name; ++bsp) {
+      const BenchShape& bs = *bsp;
       if (!only.empty() && std::string(bs.name).find(only) == std::string::npos) continue;
       const int64_t M = bs.M, K = bs.K, N = bs.N;
       std::vector<float> w(size_t(N * K));
@@ -797,6 +829,65 @@ void bench(ThreadPool& pool, const std::string& only) {
 // read of the same bytes, alternating for 40 rounds. On a shared host the bandwidth left to us
 // has been seen to sit near 30 GB/s for minutes and near 55 for the next, so the per-round ratio
 // says more about the kernel than either figure alone.
+// --ab=KNOB: this CPU's tuning against the same with KNOB flipped, the two alternating sample
+// by sample (weights from DRAM, as in the cold rows above). On a shared host the speed moves by
+// 10-20% within minutes, so comparing two runs one after the other measures the host; samples
+// taken in turn see the same host.
+void bench_ab(ThreadPool& pool, const std::string& knob, const std::string& only) {
+  const Isa isa = best_isa();
+  GemmTuning a = gemm_tuning(), b = a;
+  if (knob == "skinny_panels") b.skinny_panels = a.skinny_panels == 2 ? 1 : 2;
+  else if (knob == "max_tile_rows") b.max_tile_rows = a.max_tile_rows == 14 ? 8 : 14;
+  else if (knob == "spread_prefetch") b.spread_prefetch = !a.spread_prefetch;
+  else if (knob == "wide_row_blocks") b.wide_row_blocks = !a.wide_row_blocks;
+  else if (knob == "f32_cols") b.f32_cols = !a.f32_cols;
+  else
+    throw Error(E_OPTION, "[gemm_test] --ab: unknown knob '" + knob + "' (expected skinny_panels, "
+                "max_tile_rows, spread_prefetch, wide_row_blocks or f32_cols)");
+  std::printf("\nA/B: %s (isa %s, %d threads): A = this CPU's tuning, B = %s flipped; cold "
+              "weights, 15 samples each, taken in turn\n", knob.c_str(), isa_name(isa),
+              pool.size(), knob.c_str());
+  std::printf("%-18s %-5s %12s %12s %8s %16s\n", "shape", "dtype", "A GFLOP/s", "B GFLOP/s", "B/A",
+              "B/A p25-p75");
+  const BenchShape* shapes = bench_shapes();
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.0f, 0.5f);
+  for (DType cd : {DType::F32, DType::BF16}) {
+    for (const BenchShape* bs = shapes; bs->name; ++bs) {
+      if (!only.empty() && std::string(bs->name).find(only) == std::string::npos) continue;
+      const int64_t M = bs->M, K = bs->K, N = bs->N;
+      std::vector<float> w(size_t(N * K)), x(size_t(M * K)), y(size_t(M * N));
+      for (auto& v : w) v = nd(rng);
+      for (auto& v : x) v = nd(rng);
+      const WeightView view{w.data(), DType::F32, N, K, bs->N != 50257, bs->name};
+      std::vector<std::unique_ptr<PackedWeight>> copies;
+      copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
+      while (copies.size() * copies[0]->bytes < (size_t(256) << 20)) copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
+      auto sample = [&](const GemmTuning& t) {
+        const double t0 = now_s();
+        int calls = 0;
+        do {
+          for (const auto& c : copies) gemm(x.data(), K, int(M), *c, nullptr, y.data(), Epilogue::Store, pool, t);
+          calls += int(copies.size());
+        } while (now_s() - t0 < 0.05);
+        return 2.0 * double(M * K * N) * calls / (now_s() - t0) * 1e-9;
+      };
+      sample(a), sample(b);  // warm-up: page faults, TLBs
+      std::vector<double> ga, gb, ratio;
+      for (int i = 0; i < 15; ++i) {
+        ga.push_back(sample(a));
+        gb.push_back(sample(b));
+        ratio.push_back(gb.back() / ga.back());
+      }
+      std::vector<double> q = ratio;
+      std::sort(q.begin(), q.end());
+      std::printf("%-18s %-5s %12.1f %12.1f %8.3f %7.3f-%.3f   (M=%" PRId64 " K=%" PRId64 " N=%" PRId64 ")\n",
+                  bs->name, dtype_name(cd), median(ga), median(gb), q[q.size() / 2], q[q.size() / 4],
+                  q[3 * q.size() / 4], M, K, N);
+    }
+  }
+}
+
 void bench_gemv_vs_read(ThreadPool& pool) {
   const Isa isa = best_isa();
   if (isa == Isa::Scalar) {
@@ -861,6 +952,7 @@ int main(int argc, char** argv) {
   bool do_test = true, do_bench = true, quick = false, gemv_vs_read = false;
   int threads = 2;
   std::string only;  // bench only the shapes whose name contains this
+  std::string ab;    // --ab=KNOB
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--test") do_bench = false;
@@ -869,8 +961,9 @@ int main(int argc, char** argv) {
     else if (a == "--gemv-vs-read") gemv_vs_read = true, do_test = do_bench = false;
     else if (a.rfind("--threads=", 0) == 0) threads = std::atoi(a.c_str() + 10);
     else if (a.rfind("--only=", 0) == 0) only = a.substr(7);
+    else if (a.rfind("--ab=", 0) == 0) ab = a.substr(5), do_test = do_bench = false;
     else {
-      std::fprintf(stderr, "usage: gemm_test [--test|--bench|--gemv-vs-read] [--quick] [--threads=N] [--only=SHAPE]\n");
+      std::fprintf(stderr, "usage: gemm_test [--test|--bench|--gemv-vs-read|--ab=KNOB] [--quick] [--threads=N] [--only=SHAPE]\n");
       return 2;
     }
   }
@@ -889,6 +982,7 @@ int main(int argc, char** argv) {
     }
     if (do_bench) bench(pool, only);
     if (gemv_vs_read) bench_gemv_vs_read(pool);
+    if (!ab.empty()) bench_ab(pool, ab, only);
   } catch (const Error& e) {
     std::fprintf(stderr, "error %s: %s\n", e.code(), e.what());
     return 1;

@@ -254,8 +254,50 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
   return pw;
 }
 
+GemmTuning gemm_tuning() {
+  static const GemmTuning t = [] {
+    // Each choice measured on its own machines (2 vCPUs, 124M shapes); what was not measured on
+    // a CPU keeps the choice of the CPUs it was first tuned on (AMD Zen 3/4).
+    const CpuFeatures& cpu = cpu_features();
+    const bool zen5 = cpu.amd && cpu.family >= 0x1a;
+    GemmTuning g;
+    // Intel: skinny GEMVs read two panels side by side (avx512_gemm_block); the fp32 row tiles
+    // go up to 14 rows x 32 columns (28 accumulators): prefill 512 on the row tiles,
+    // alternating runs, qkv 78-81 -> 70-72 ms, fc 105-109 -> 99-101, mlp.proj 100-104 -> 96-99
+    // (12 layers). On Zen 5 both measured equal or slower (gemm_test --ab).
+    g.skinny_panels = cpu.intel ? 2 : 1;
+    g.max_tile_rows = cpu.intel ? 14 : 8;
+    // Intel and Zen 5: a panel's row tiles share the prefetch of the next panel
+    // (gemm_avx512.cpp). Intel, prefill f32, engine_bench best of rounds, 3 alternating pairs:
+    // 512 tokens 314-322 -> 304-308 ms, 128 tokens 86-88 -> 75-77 ms; GEMMs with weights from
+    // DRAM (gemm_test --bench, 512 rows) 299-322 -> 326-348 GFLOP/s. Zen 5 (EPYC family 0x1A),
+    // weights from DRAM, the two alternating sample by sample in one process (median of 11-15,
+    // GFLOP/s): 32 x 768 x 3072 f32 374 -> 413, bf16 732 -> 808; 32 x 3072 x 768 f32 381 ->
+    // 427; lm_head at 32 rows f32 345 -> 385; 512 rows +1..4%, 16-128 rows +5..8%. Zen 4 and
+    // older: not measured, every tile prefetches the whole next panel.
+    g.spread_prefetch = cpu.intel || zen5;
+    // Intel: row blocks up to 176 rows instead of 48 (measured on Zen 3). On 2 threads,
+    // alternating runs, prefill 512 of the 124M model: 273.3 -> 270.8 ms (best of 3 rounds,
+    // three times each); the GEMMs alone, 48 -> 171 rows: qkv +2%, fc +4%, mlp.proj +3..6%,
+    // attn.proj -0.5..+1% (256 rows: similar, mlp.proj -1..-2%). Zen 5: equal.
+    g.wide_row_blocks = cpu.intel;
+    // Intel: fp32 batches of 24-64 rows on the column-tile kernel: a 32-row 124M decode step
+    // 49.9 -> 39.4 ms; past 64 rows the 14-row tiles do better (prefill 512 on the row tiles,
+    // alternating runs: qkv 70-72 vs 78-82 ms, fc 99-101 vs 105-111, mlp.proj 96-99 vs
+    // 100-107). Zen 5: slower (32 x 768 x 3072 f32: 396 against 437 GFLOP/s).
+    g.f32_cols = cpu.intel;
+    return g;
+  }();
+  return t;
+}
+
 void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
           Epilogue ep, ThreadPool& pool) {
+  gemm(x, ldx, M, W, bias, y, ep, pool, gemm_tuning());
+}
+
+void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
+          Epilogue ep, ThreadPool& pool, const GemmTuning& tuning) {
   const int64_t N = W.n, K = W.k;
   if (M <= 0 || N <= 0) return;
   if (!isa_supported(W.isa))
@@ -276,25 +318,9 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   c.kc = K;
   c.xpairs = nullptr;
   c.ldxp = 0;
-  // Tuned per vendor, each measured on its own machines (AMD keeps what was measured on Zen 3/4).
-  // Intel: skinny GEMVs read two panels side by side (avx512_gemm_block); the fp32 row tiles
-  // go up to 14 rows x 32 columns (28 accumulators): prefill 512 on the row tiles, alternating
-  // runs, qkv 78-81 -> 70-72 ms, fc 105-109 -> 99-101, mlp.proj 100-104 -> 96-99 (12 layers).
-  const CpuFeatures& cpu = cpu_features();
-  const bool intel = cpu.intel;
-  c.skinny_panels = intel ? 2 : 1;
-  c.max_tile_rows = intel ? 14 : 8;
-  // Intel and Zen 5: a panel's row tiles share the prefetch of the next panel
-  // (gemm_avx512.cpp). Intel, prefill f32, engine_bench best of rounds, 3 alternating pairs:
-  // 512 tokens 314-322 -> 304-308 ms, 128 tokens 86-88 -> 75-77 ms; GEMMs with weights from
-  // DRAM (gemm_test --bench, 512 rows) 299-322 -> 326-348 GFLOP/s. Zen 5 (EPYC family 0x1A),
-  // weights from DRAM, the two variants alternating sample by sample in one process (median of
-  // 11-15, GFLOP/s): 32 x 768 x 3072 f32 374 -> 413, bf16 732 -> 808; 32 x 3072 x 768 f32
-  // 381 -> 427; lm_head at 32 rows f32 345 -> 385; 512 rows +1..4%, 16-128 rows +5..8%. (There
-  // two panels per GEMV, 14-row tiles, 176-row blocks and the column-tile kernel measured
-  // equal or slower, so Zen 5 keeps AMD's choices for those.) Zen 4 and older: not measured,
-  // every tile prefetches the whole next panel.
-  c.spread_prefetch = intel || (cpu.amd && cpu.family >= 0x1a);
+  c.skinny_panels = tuning.skinny_panels;
+  c.max_tile_rows = tuning.max_tile_rows;
+  c.spread_prefetch = tuning.spread_prefetch;
 
   // kBF16Tiles weights run on the tile unit from amx_min_rows() rows on; fewer rows take the
   // vdpbf16ps kernel over the same panels (the padded pair-rows are never read), see gemm.h.
@@ -320,16 +346,13 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   const int threads = pool.size();
   // Row blocks: skinny batches (M <= 3) are one block; otherwise balanced blocks of <= mc_max
   // rows (>= mc_max / 2 rows each when M > mc_max, so every block tiles into register tiles of
-  // >= 4 rows). AMD: 48 rows, measured on Zen 3. Intel: up to 176 rows (prefill 512 in three
-  // blocks), fewer while that leaves under 8 two-panel tasks per thread. Measured on 2 threads,
-  // alternating runs, prefill 512 of the 124M model: 273.3 -> 270.8 ms (best of 3 rounds, three
-  // times each); the GEMMs alone, 48 -> 171 rows: qkv +2%, fc +4%, mlp.proj +3..6%, attn.proj
-  // -0.5..+1% (256 rows: similar, mlp.proj -1..-2%).
+  // >= 4 rows) of 48 rows, or with wide_row_blocks up to 176 rows (prefill 512 in three blocks),
+  // fewer while that leaves under 8 two-panel tasks per thread.
   // AMX: row tiles are 16 rows; up to 16 rows are one skinny block, more go in blocks of 64
   // (two passes of 32 rows).
   const bool skinny = amx ? M <= 16 : M <= 3;
   int64_t mc_max = amx ? 64 : 48;
-  if (intel && !amx) {
+  if (tuning.wide_row_blocks && !amx) {
     const int64_t two_panel_tasks = (np + 1) / 2;
     mc_max = 176;
     while (mc_max > 48 && (M + mc_max - 1) / mc_max * two_panel_tasks < 8 * threads)
@@ -380,13 +403,11 @@ void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float
   const size_t rows_max = size_t(rb_base + (rb_extra ? 1 : 0));
   const size_t scratch_bytes = c.kc < K ? rows_max * size_t(ppt) * size_t(nr) * 4 : 0;
 
-  if (W.fmt == kern::kF32 && (W.isa == Isa::Avx512 || W.isa == Isa::Amx) && intel &&
+  if (W.fmt == kern::kF32 && (W.isa == Isa::Avx512 || W.isa == Isa::Amx) && tuning.f32_cols &&
       M >= f32_cols_min_rows() && M <= kColsMaxRows) {
     // The column-tile kernel (gemm_kernels.h), for decode-sized batches whose weights come
-    // from DRAM: each panel is read once for all the rows. Measured on Intel only (a 32-row
-    // 124M decode step 49.9 -> 39.4 ms); past 64 rows the 14-row tiles below do better
-    // (prefill 512 on the row tiles, alternating runs: qkv 70-72 vs 78-82 ms, fc 99-101 vs
-    // 105-111, mlp.proj 96-99 vs 100-107).
+    // from DRAM: each panel is read once for all the rows; past 64 rows the row tiles below do
+    // better (see gemm_tuning()).
     // Groups of 32 rows, the last one padded with zero rows when it has >= kColsMinRowsDefault
     // rows; fewer rows left over take the row tiles.
     constexpr int64_t GR = kern::kColsGroupRows;

@@ -50,6 +50,20 @@ std::unique_ptr<PackedWeight> pack_weight(const WeightView& w, DType compute, Is
 void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
           Epilogue ep, ThreadPool& pool);
 
+// Kernel choices that only change speed (the bits are the same either way), picked per CPU
+// model where each was measured (the numbers are in gemm.cpp). gemm() uses gemm_tuning();
+// gemm_test --ab flips one to compare the two sample by sample.
+struct GemmTuning {
+  int skinny_panels = 1;         // AVX-512, 1-3 rows: panels side by side per tile (1 or 2)
+  int max_tile_rows = 8;         // AVX-512 row tiles: at most this many rows (8 or 14)
+  bool spread_prefetch = false;  // AVX-512 row tiles share the next panel's prefetch
+  bool wide_row_blocks = false;  // vector kernels: row blocks of up to 176 rows, not 48
+  bool f32_cols = false;         // fp32 on AVX-512, f32_cols_min_rows()-64 rows: column tiles
+};
+GemmTuning gemm_tuning();  // this CPU's
+void gemm(const float* x, int64_t ldx, int M, const PackedWeight& W, const float* bias, float* y,
+          Epilogue ep, ThreadPool& pool, const GemmTuning& tuning);
+
 // Row n of W (its K values for output feature n), widened to fp32: the embedding lookup of a
 // (V, C) weight packed for the LM head.
 void packed_row(const PackedWeight& W, int64_t n, float* out);
@@ -63,7 +77,7 @@ bool bf16_dot_product(Isa isa);
 // at batch 8 vdpbf16ps is already compute-bound, 105 of its 167 GFLOP/s peak on 2 cores).
 constexpr int kAmxMinRowsDefault = 8;
 int amx_min_rows();
-// Rows from which fp32 weights on AVX-512 (Intel) run on the column-tile kernel
+// Rows from which fp32 weights on AVX-512 (with GemmTuning::f32_cols) run on the column-tile kernel
 // (gemm_kernels.h), up to kColsMaxRows: below this the row tiles stream W fine; from here on a
 // panel read once beats a panel read once per row tile (measured at 24-32 rows, see gemm.cpp).
 // LLMCORE_F32_COLS_MIN_ROWS overrides it (read once; a huge value turns the kernel off).

@@ -6,10 +6,11 @@
 // (where 1-3 rows take 2-4 panels side by side), a tile here is one panel wide (R <= 8 rows, or
 // 14 on Intel, x 32 columns, 2R accumulators), except that 1-3 rows on Intel take two panels
 // side by side (GemmCall::skinny_panels, see avx512_gemm_block). Further down, the column-tile
-// fp32 kernel for 24-64 rows (Intel).
+// fp32 kernel for 24-64 rows (Intel). gemm_tuning() (gemm.cpp) picks the variants per CPU.
 //
 // First compiled blind on Zen 3 (no AVX-512); since the seventh session it runs and passes
-// test-backend-ops and gemm_test on AVX-512 machines (AMD Zen 4; Intel with AMX).
+// test-backend-ops and gemm_test on AVX-512 machines (AMD Zen 4 and Zen 5; Intel with AMX),
+// gemm_test checking every variant on every machine (flipped_tuning).
 //
 // Formats:
 //   kF32 / kF16: every output is one fp32 FMA chain over k in increasing order (bitwise equal
@@ -252,7 +253,7 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
   // panel's 2-6 accumulator chains are too few to keep the stream going: two panels side by
   // side, alternating runs of `engine_bench`: bf16 (vdpbf16ps) batch 1 8.7 -> 7.7 ms per step,
   // batch 2 13.0 -> 11.6, batch 3 14.9 -> 11.6; f32 batch 1 17.6 -> 16.0, batch 3 22.8 -> 18.8.
-  // gemm.cpp chooses by vendor (skinny_panels).
+  // gemm_tuning() chooses per CPU (skinny_panels).
   const int G = rows <= 3 && c.skinny_panels == 2 ? 2 : 1;
   const int64_t max_r = c.max_tile_rows >= 1 && c.max_tile_rows <= kMaxR ? c.max_tile_rows : 8;
   const int64_t ntiles = rows <= 3 ? 1 : (rows + max_r - 1) / max_r;
@@ -305,7 +306,8 @@ void avx512_gemm_block(const GemmCall& c, int64_t m0, int64_t m1, int64_t p0, in
 // the same bits as the row tiles.
 // Measured on Intel (2 vCPUs, AVX-512, the weights from DRAM): a 124M batch-32 decode step's
 // matmuls 43.7 -> 34 ms (`engine_bench`); standalone loops of both, 32 x 768 x 2304: 45% ->
-// 66% of the FMA peak. Used on Intel only (gemm.cpp): not measured on AMD yet.
+// 66% of the FMA peak. Used on Intel only (gemm_tuning()): on Zen 5 it is slower than the row
+// tiles (`gemm_test --ab=f32_cols`: 0.74-0.89x); Zen 4 not measured.
 
 namespace {
 constexpr int kColsRows = kColsGroupRows;  // rows of one packed x group (two zmm)
