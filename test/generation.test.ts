@@ -688,7 +688,17 @@ describe('stream()', () => {
     expect(r.sequences).toEqual([{ text: '', tokens: [], finishReason: 'abort' }]);
     const ac = new AbortController();
     const running = tiny.generate('x', greedy({ maxNewTokens: 120, signal: ac.signal }));
-    setTimeout(() => ac.abort(), 20);
+    // Aborted from a stream on the same model, which runs in the same batched steps: its 3rd
+    // piece comes a few tokens into the generate(), however fast the CPU. (A 20 ms timer did
+    // not: on a Zen 5 the 120 tokens were done before it fired.)
+    const other = new AbortController();
+    let pieces = 0;
+    for await (const c of tiny.stream('y', greedy({ maxNewTokens: 120, signal: other.signal }))) {
+      pieces += 1;
+      if (pieces === 3) ac.abort();
+      if (pieces === 6) other.abort();
+      if (c.finishReason) expect(c.finishReason).toBe('abort');
+    }
     const s = (await running).sequences[0];
     expect(s.finishReason).toBe('abort');
     expect(s.tokens.length).toBeLessThan(120);
