@@ -824,11 +824,6 @@ void bench(ThreadPool& pool, const std::string& only) {
   }
 }
 
-// The batch-1 GEMV against the memory system as it is at that moment: 48 packed weights of the
-// 124M layer shapes (far over any L3), one GEMV pass over all, then a plain 1-stream-per-thread
-// read of the same bytes, alternating for 40 rounds. On a shared host the bandwidth left to us
-// has been seen to sit near 30 GB/s for minutes and near 55 for the next, so the per-round ratio
-// says more about the kernel than either figure alone.
 // --ab=KNOB: this CPU's tuning against the same with KNOB flipped, the two alternating sample
 // by sample (weights from DRAM, as in the cold rows above). On a shared host the speed moves by
 // 10-20% within minutes, so comparing two runs one after the other measures the host; samples
@@ -888,6 +883,11 @@ void bench_ab(ThreadPool& pool, const std::string& knob, const std::string& only
   }
 }
 
+// The batch-1 GEMV against the memory system as it is at that moment: 48 packed weights of the
+// 124M layer shapes (far over any L3), one GEMV pass over all, then a plain 1-stream-per-thread
+// read of the same bytes, alternating for 40 rounds. On a shared host the bandwidth left to us
+// has been seen to sit near 30 GB/s for minutes and near 55 for the next, so the per-round ratio
+// says more about the kernel than either figure alone.
 void bench_gemv_vs_read(ThreadPool& pool) {
   const Isa isa = best_isa();
   if (isa == Isa::Scalar) {

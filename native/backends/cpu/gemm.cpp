@@ -276,10 +276,11 @@ GemmTuning gemm_tuning() {
     // 427; lm_head at 32 rows f32 345 -> 385; 512 rows +1..4%, 16-128 rows +5..8%. Zen 4 and
     // older: not measured, every tile prefetches the whole next panel.
     g.spread_prefetch = cpu.intel || zen5;
-    // Intel: row blocks up to 176 rows instead of 48 (measured on Zen 3). On 2 threads,
+    // Intel: row blocks up to 176 rows instead of the 48 measured best on Zen 3. On 2 threads,
     // alternating runs, prefill 512 of the 124M model: 273.3 -> 270.8 ms (best of 3 rounds,
     // three times each); the GEMMs alone, 48 -> 171 rows: qkv +2%, fc +4%, mlp.proj +3..6%,
-    // attn.proj -0.5..+1% (256 rows: similar, mlp.proj -1..-2%). Zen 5: equal.
+    // attn.proj -0.5..+1% (256 rows: similar, mlp.proj -1..-2%). Zen 5, 512 rows: f32 0.95-0.98x,
+    // bf16 1.00-1.04x (gemm_test --ab).
     g.wide_row_blocks = cpu.intel;
     // Intel: fp32 batches of 24-64 rows on the column-tile kernel: a 32-row 124M decode step
     // 49.9 -> 39.4 ms; past 64 rows the 14-row tiles do better (prefill 512 on the row tiles,
