@@ -772,7 +772,9 @@ describe('stream()', () => {
     }
     const elapsed = performance.now() - t0;
     console.log(`event loop: ${ticks} ticks in ${elapsed.toFixed(0)} ms, max gap ${maxGap.toFixed(1)} ms`);
-    expect(ticks).toBeGreaterThanOrEqual(10);
+    // A 5 ms timer on a free event loop fires ~elapsed / 5 times; half of that, at most 10
+    // (the 150 tokens take ~110 ms on a 2-core Zen 5, and less on faster machines).
+    expect(ticks).toBeGreaterThanOrEqual(Math.min(10, Math.floor(elapsed / 10)));
     expect(maxGap).toBeLessThan(250);
   });
 });
