@@ -610,6 +610,16 @@ const BenchShape* bench_shapes() {
   return shapes;
 }
 
+// Copies of one packed weight, >= 256 MiB in all: cycled through, each is read from DRAM.
+std::vector<std::unique_ptr<PackedWeight>> cold_copies(const WeightView& view, DType cd, Isa isa,
+                                                       ThreadPool& pool) {
+  std::vector<std::unique_ptr<PackedWeight>> copies;
+  copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
+  while (copies.size() * copies[0]->bytes < (size_t(256) << 20))
+    copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
+  return copies;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
@@ -720,10 +730,8 @@ void bench(ThreadPool& pool, const std::string& only) {
       // "hot": one weight, reused (L3-resident when it fits in L3). "cold": enough copies to
       // exceed the L3 several times over, cycled, as decode does over the model's layers (and a
       // prefill, which reads each layer's weights from DRAM once per prompt).
-      std::vector<std::unique_ptr<PackedWeight>> copies;
-      copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
+      const std::vector<std::unique_ptr<PackedWeight>> copies = cold_copies(view, cd, isa, pool);
       const size_t wbytes = copies[0]->bytes;
-      while (copies.size() * wbytes < (size_t(256) << 20)) copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
       for (int mode = 0; mode < 2; ++mode) {
         const size_t nc = mode == 0 ? 1 : copies.size();
         auto run_all = [&] {
@@ -855,9 +863,7 @@ void bench_ab(ThreadPool& pool, const std::string& knob, const std::string& only
       for (auto& v : w) v = nd(rng);
       for (auto& v : x) v = nd(rng);
       const WeightView view{w.data(), DType::F32, N, K, bs->N != 50257, bs->name};
-      std::vector<std::unique_ptr<PackedWeight>> copies;
-      copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
-      while (copies.size() * copies[0]->bytes < (size_t(256) << 20)) copies.push_back(pack_weight(view, cd, isa, pool, g_arena));
+      const std::vector<std::unique_ptr<PackedWeight>> copies = cold_copies(view, cd, isa, pool);
       auto sample = [&](const GemmTuning& t) {
         const double t0 = now_s();
         int calls = 0;
