@@ -273,8 +273,10 @@ GemmTuning gemm_tuning() {
     // DRAM (gemm_test --bench, 512 rows) 299-322 -> 326-348 GFLOP/s. Zen 5 (EPYC family 0x1A),
     // weights from DRAM, the two alternating sample by sample in one process (median of 11-15,
     // GFLOP/s): 32 x 768 x 3072 f32 374 -> 413, bf16 732 -> 808; 32 x 3072 x 768 f32 381 ->
-    // 427; lm_head at 32 rows f32 345 -> 385; 512 rows +1..4%, 16-128 rows +5..8%. Zen 4 and
-    // older: not measured, every tile prefetches the whole next panel.
+    // 427; lm_head at 32 rows f32 345 -> 385; 512 rows +1..4%, 16-128 rows +5..8%. Zen 4 (family
+    // 0x19, gemm_test --ab=spread_prefetch, spread / whole, medians of 15): 0.98-1.02x at 1, 8
+    // and 512 rows and at 32 rows f32, 0.95-1.00x at 32 rows bf16; so every tile there
+    // prefetches the whole next panel, as on Zen 3 (not measured).
     g.spread_prefetch = cpu.intel || zen5;
     // Intel: row blocks up to 176 rows instead of the 48 measured best on Zen 3. On 2 threads,
     // alternating runs, prefill 512 of the 124M model: 273.3 -> 270.8 ms (best of 3 rounds,
