@@ -287,7 +287,8 @@ GemmTuning gemm_tuning() {
     // Intel: fp32 batches of 24-64 rows on the column-tile kernel: a 32-row 124M decode step
     // 49.9 -> 39.4 ms; past 64 rows the 14-row tiles do better (prefill 512 on the row tiles,
     // alternating runs: qkv 70-72 vs 78-82 ms, fc 99-101 vs 105-111, mlp.proj 96-99 vs
-    // 100-107). Zen 5: slower (32 x 768 x 3072 f32: 396 against 437 GFLOP/s).
+    // 100-107). Zen 5: slower (32 x 768 x 3072 f32: 396 against 437 GFLOP/s); Zen 4 too
+    // (gemm_test --ab=f32_cols, 32 rows f32: 0.83-0.89x).
     g.f32_cols = cpu.intel;
     return g;
   }();
