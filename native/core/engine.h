@@ -61,6 +61,7 @@ class Engine {
   DType weight_dtype() const { return model_->weight_dtype(); }
   size_t weight_bytes() const { return model_->weight_bytes(); }
   Gpt2Model& model() { return *model_; }
+  Backend& backend() { return *backend_; }  // for benches that switch a backend's variants
 
   // Sequence bookkeeping. These never wait for a running step: if one runs they throw
   // Error(E_INTERNAL, busy); the scheduler calls them only between steps.

@@ -162,10 +162,12 @@ std::vector<float> kv_elements(const std::vector<float>& pool, DType dtype) {
 // per sequence.
 // The AVX-512 attention kernel is the AVX2 one with wider FMA loops and must give the same
 // values: the outputs of cpu/avx2 per case (every family draws the same inputs, Rand(42)).
+// variant, appended to the op names, marks a second run of a family on the same inputs with
+// its other decode walk (cpu::AttentionTuning), held to the same bits.
 std::map<std::string, std::vector<float>> g_avx2_attention;
 
 void test_attention(Backend& be, const std::string& name, bool quick, DType kv_dtype,
-                    std::vector<OpCase>& out, Rand& rng) {
+                    std::vector<OpCase>& out, Rand& rng, const std::string& variant = "") {
   const bool f16 = kv_dtype == DType::F16;
   struct Case { int NH; int64_t HS; std::vector<std::pair<int, int>> seqs; };  // (past, n_new)
   std::vector<Case> cases = {
@@ -181,6 +183,8 @@ void test_attention(Backend& be, const std::string& name, bool quick, DType kv_d
       // 2, 2, 1; 12 heads in groups of 4 next to a prefill sequence of one head per task
       {5, 8, {{3, 1}, {17, 1}, {0, 1}, {30, 1}}},
       {12, 16, {{5, 1}, {20, 1}, {33, 1}, {0, 40}}},
+      // decode rows only (the block walk's shares and next-task prefetch): 2 heads per task
+      {4, 32, {{3, 1}, {17, 1}, {40, 1}, {0, 1}}},
   };
   if (!quick) cases.push_back({2, 64, {{0, 1024}}}), cases.push_back({2, 64, {{1023, 1}, {0, 1}}});
   const int L = 2, layer = 1;
@@ -235,12 +239,12 @@ void test_attention(Backend& be, const std::string& name, bool quick, DType kv_d
     be.kv_store(dqkv.get(), seqs.data(), int(seqs.size()), kv, layer);
     be.attention(dqkv.get(), seqs.data(), int(seqs.size()), kv, layer, dout.get());
 
-    OpCase store{name, "kv_store", shape};
+    OpCase store{name, std::string("kv_store") + variant, shape};
     store.tol = 0;
     bool ok = true;
     compare(store, kv_elements(dpool.fetch(&ok), kv_dtype), kv_elements(ref_pool, kv_dtype), ok);
     out.push_back(store);
-    OpCase att{name, "attention", shape};
+    OpCase att{name, std::string("attention") + variant, shape};
     att.tol = 1e-5;
     ok = true;
     const std::vector<float> batched = dout.fetch(&ok);
@@ -251,7 +255,7 @@ void test_attention(Backend& be, const std::string& name, bool quick, DType kv_d
     } else if (name == "cpu/avx512" || name == "cpu/amx") {
       auto it = g_avx2_attention.find(shape);
       if (it != g_avx2_attention.end()) {
-        OpCase same{name, "attention==avx2", shape};
+        OpCase same{name, std::string("attention==avx2") + variant, shape};
         same.tol = 0;
         compare(same, batched, it->second, true);
         out.push_back(same);
@@ -264,12 +268,12 @@ void test_attention(Backend& be, const std::string& name, bool quick, DType kv_d
     for (int b = 0; b < n_blocks; b++) fptrs.push_back(fpool.get() + size_t(b) * block_floats);
     be.store_and_attend(dqkv.get(), seqs.data(), int(seqs.size()), KvView{fptrs.data(), C, k.NH, kv_dtype},
                         layer, fout.get());
-    OpCase fused_store{name, "store_and_attend (cache)", shape};
+    OpCase fused_store{name, std::string("store_and_attend (cache)") + variant, shape};
     fused_store.tol = 0;
     ok = true;
     compare(fused_store, kv_elements(fpool.fetch(&ok), kv_dtype), kv_elements(ref_pool, kv_dtype), ok);
     out.push_back(fused_store);
-    OpCase fused{name, "store_and_attend", shape};
+    OpCase fused{name, std::string("store_and_attend") + variant, shape};
     fused.tol = 0;
     ok = true;
     compare(fused, fout.fetch(&ok), batched, ok);
@@ -283,7 +287,7 @@ void test_attention(Backend& be, const std::string& name, bool quick, DType kv_d
         const AttnSeq one{s.row + i, 1, s.past + i, s.blocks};
         be.attention(dqkv.get(), &one, 1, kv, layer, dalone.get());
       }
-    OpCase inv{name, "attention-alone==batched", shape};
+    OpCase inv{name, std::string("attention-alone==batched") + variant, shape};
     inv.tol = 0;
     ok = true;
     compare(inv, dalone.fetch(&ok), batched, ok);
@@ -444,8 +448,21 @@ std::vector<OpCase> run_backend_ops(bool quick) {
     try {
       test_layernorm(be, name, out, rng);
       test_matmul(be, name, bf16_dot, quick, out, rng);
+      const Rand before_attention = rng;
       test_attention(be, name, quick, DType::F32, out, rng);
+      const Rand before_f16 = rng;
       test_attention(be, name, quick, DType::F16, out, rng);
+      if (isa >= cpu::Isa::Avx512) {  // the other decode walk, on the same inputs
+        Rand again = before_attention, again_f16 = before_f16;
+        cpu::AttentionTuning other = be.attn_tuning();
+        other.block_walk = !other.block_walk;
+        other.prefetch_f16 = other.block_walk;
+        be.set_attention_tuning(other);
+        const std::string walk = other.block_walk ? " (block walk)" : " (head walk)";
+        test_attention(be, name, quick, DType::F32, out, again, walk);
+        test_attention(be, name, quick, DType::F16, out, again_f16, walk);
+        be.set_attention_tuning(cpu::attention_tuning());
+      }
       test_kv_store_f16_range(be, name, out);
       test_small_ops(be, name, out, rng);
     } catch (const std::exception& e) {

@@ -4,7 +4,9 @@
 // op by op of the flat forward (timed between the model's op-hook calls). Needs no Node, so a
 // backend can be profiled on a machine without it.
 //   engine_bench DIR [--batch=32] [--prompt=16] [--steps=32] [--dtype=auto|f32|f16|bf16]
-//                    [--threads=N] [--device=cpu] [--rounds=N]
+//                    [--kv-dtype=auto|f32|f16] [--threads=N] [--device=cpu] [--rounds=N] [--ab-walk]
+// --ab-walk (CPU backend, AVX-512): decode steps alternate between the two decode attention
+// walks (cpu::AttentionTuning), and each walk's median step and attention times are printed.
 // --rounds=N runs it all N times, releasing the sequences in between: from the second round on
 // the KV cache reuses its blocks, as a server's does, instead of growing; the op table is the
 // last round's.
@@ -21,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu/cpu_backend.h"
 #include "core/engine.h"
 #include "core/errors.h"
 #include "core/json.h"
@@ -92,12 +95,13 @@ int main(int argc, char** argv) {
   if (argc < 2 || argv[1][0] == '-') {
     std::fprintf(stderr, "usage: engine_bench DIR [--batch=32] [--prompt=16] [--steps=32] "
                          "[--dtype=auto|f32|f16|bf16] [--kv-dtype=auto|f32|f16] [--threads=N] "
-                         "[--device=cpu] [--rounds=N]\n");
+                         "[--device=cpu] [--rounds=N] [--ab-walk]\n");
     return 2;
   }
   const std::string dir = argv[1];
   int batch = 32, prompt = 16, steps = 32, threads = 0, rounds = 1;
   std::string dtype = "auto", device = "cpu", kv_dtype = "auto";
+  bool ab_walk = false;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     auto val = [&](const char* key) -> const char* {
@@ -112,6 +116,7 @@ int main(int argc, char** argv) {
     else if (const char* v = val("--dtype=")) dtype = v;
     else if (const char* v = val("--kv-dtype=")) kv_dtype = v;
     else if (const char* v = val("--device=")) device = v;
+    else if (a == "--ab-walk") ab_walk = true;
     else {
       std::fprintf(stderr, "engine_bench: unknown argument %s\n", a.c_str());
       return 2;
@@ -138,6 +143,14 @@ int main(int argc, char** argv) {
                 engine->describe().c_str(), dtype_name(engine->weight_dtype()),
                 engine->weight_bytes() / 1e6, dtype_name(engine->kv_dtype()), now_s() - t_load);
 
+    cpu::CpuBackend* cpu_be = nullptr;
+    if (ab_walk) {
+      cpu_be = dynamic_cast<cpu::CpuBackend*>(&engine->backend());
+      if (!cpu_be || cpu_be->isa() < cpu::Isa::Avx512) {
+        std::fprintf(stderr, "engine_bench: --ab-walk needs the CPU backend with AVX-512 kernels\n");
+        return 2;
+      }
+    }
     Profile prof;
     engine->model().set_debug_hook([&](const char* name, int, const float*, int, int64_t) {
       const double t = now_s();
@@ -168,11 +181,35 @@ int main(int argc, char** argv) {
       prof.reset();
 
       std::vector<double> step_s;
+      std::vector<double> walk_step[2], walk_attn[2];  // --ab-walk: [head walk, block walk]
       for (int s = 0; s < steps; ++s) {
         for (int b = 0; b < batch; ++b) items[size_t(b)].tokens.assign(1, r.sampled[size_t(b)]);
+        const int walk = s % 2;
+        if (cpu_be) {
+          cpu::AttentionTuning t = cpu_be->attn_tuning();
+          t.block_walk = t.prefetch_f16 = walk == 1;
+          cpu_be->set_attention_tuning(t);
+        }
+        const double attn_before = prof.secs.count("attn_out") ? prof.secs["attn_out"] : 0.0;
         t0 = now_s();
         r = timed_step(items);
         step_s.push_back(now_s() - t0);
+        if (cpu_be) {
+          walk_step[walk].push_back(step_s.back());
+          walk_attn[walk].push_back(prof.secs["attn_out"] - attn_before);
+        }
+      }
+      if (cpu_be) {
+        auto median = [](std::vector<double> v) {
+          std::sort(v.begin(), v.end());
+          return v.empty() ? 0.0 : v[v.size() / 2];
+        };
+        if (rounds > 1) std::printf("round %d: ", round + 1);
+        std::printf("walks alternating step by step: head walk step %.2f ms, attention %.3f ms; "
+                    "block walk step %.2f ms, attention %.3f ms (medians)\n",
+                    median(walk_step[0]) * 1e3, median(walk_attn[0]) * 1e3, median(walk_step[1]) * 1e3,
+                    median(walk_attn[1]) * 1e3);
+        cpu_be->set_attention_tuning(cpu::attention_tuning());
       }
       std::vector<double> sorted = step_s;
       std::sort(sorted.begin(), sorted.end());

@@ -91,21 +91,30 @@ int run_ops_perf(const char* only) {
     std::printf("%-22s %10.3f %9.1f %6.1f%% %9.1f %6.1f%%\n", s.name, secs * 1e3, flops / secs * 1e-9,
                 100 * flops / secs * 1e-9 / peak, kv_bytes / secs * 1e-9, 100 * kv_bytes / secs * 1e-9 / bw);
   }
-  // A batch-32 decode step's attention over all 12 layers with the KV cache in DRAM (f16, 113
-  // MB, past the L3), laid out as KvCache lays it out (a block holds all layers) and handed out
-  // as decode hands blocks out (sequence q's block b is block 32 b + q). The rows above fit in
-  // the caches; this is what a step of the engine meets. The KV is written in full first: the
-  // pages of a fresh cache chunk all read one zero page, which measures nothing.
-  if (!only || std::strstr("decode b32 ctx 96 12 layers from DRAM", only)) {
-    const int Lc = 12, n_seqs = 32, past = 95;
+  // A batch-32 decode step's attention over all 12 layers with the KV cache in DRAM (113 MB,
+  // past the L3: f16 at context 96, f32 at 48), laid out as KvCache lays it out (a block holds
+  // all layers) and handed out as decode hands blocks out (sequence q's block b is block 32 b +
+  // q). The rows above fit in the caches; this is what a step of the engine meets. The KV is
+  // written in full first: the pages of a fresh cache chunk all read one zero page, which
+  // measures nothing. On AVX-512 both decode walks (AttentionTuning), alternating.
+  for (const DType dt : {DType::F16, DType::F32}) {
+    const bool f16 = dt == DType::F16;
+    const char* name = f16 ? "decode b32 ctx 96, 12 layers, KV f16 from DRAM" : "decode b32 ctx 48, 12 layers, KV f32 from DRAM";
+    if (only && !std::strstr(name, only)) continue;
+    const int Lc = 12, n_seqs = 32, past = f16 ? 95 : 47;
     const int per_seq = (past + 1 + kBlockTokens - 1) / kBlockTokens;
     const int64_t block_elems = int64_t(Lc) * 2 * kBlockTokens * C;
-    const size_t n_floats = size_t(n_seqs) * size_t(per_seq) * size_t(block_elems) / 2;
+    const size_t n_elems = size_t(n_seqs) * size_t(per_seq) * size_t(block_elems);
+    const size_t n_floats = f16 ? n_elems / 2 : n_elems;
     float* mem = be.alloc_cache(n_floats);
     uint16_t* halves = reinterpret_cast<uint16_t*>(mem);
-    for (size_t i = 0; i < 2 * n_floats; i++) halves[i] = uint16_t(0x3000 + i % 1024);  // f16 0.125..0.25
+    for (size_t i = 0; i < n_elems; i++) {  // 0.125..0.25
+      if (f16) halves[i] = uint16_t(0x3000 + i % 1024);
+      else mem[i] = 0.125f + float(i % 1024) / 8192.0f;
+    }
     std::vector<void*> ptrs;
-    for (int b = 0; b < n_seqs * per_seq; b++) ptrs.push_back(halves + int64_t(b) * block_elems);
+    for (int b = 0; b < n_seqs * per_seq; b++)
+      ptrs.push_back(f16 ? static_cast<void*>(halves + int64_t(b) * block_elems) : static_cast<void*>(mem + int64_t(b) * block_elems));
     std::vector<std::vector<int32_t>> tables(static_cast<size_t>(n_seqs));
     std::vector<AttnSeq> seqs;
     for (int q = 0; q < n_seqs; q++) {
@@ -114,14 +123,30 @@ int run_ops_perf(const char* only) {
     }
     std::vector<float> qkv(size_t(n_seqs) * 3 * C), out(size_t(n_seqs) * C);
     for (size_t i = 0; i < qkv.size(); i++) qkv[i] = float(int(i % 97) - 48) / 97.0f;
-    const KvView kv{ptrs.data(), C, int(NH), DType::F16};
-    // Each call reads all 113 MB, so back-to-back calls stay cold.
-    const double secs = median_seconds([&] {
-      for (int l = 0; l < Lc; l++) be.store_and_attend(qkv.data(), seqs.data(), n_seqs, kv, l, out.data());
-    });
+    const KvView kv{ptrs.data(), C, int(NH), dt};
     const double kv_bytes = double(n_floats) * 4;
-    std::printf("decode b32 ctx 96, 12 layers, KV f16 from DRAM: %.3f ms, %.1f KV GB/s, %.1f%% of the read\n",
-                secs * 1e3, kv_bytes / secs * 1e-9, 100 * kv_bytes / secs * 1e-9 / bw);
+    // Each call reads all 113 MB, so back-to-back calls stay cold.
+    auto step = [&] {
+      for (int l = 0; l < Lc; l++) be.store_and_attend(qkv.data(), seqs.data(), n_seqs, kv, l, out.data());
+    };
+    const cpu::AttentionTuning mine = be.attn_tuning();
+    cpu::AttentionTuning heads = mine, blocks = mine;
+    heads.block_walk = heads.prefetch_f16 = false;
+    blocks.block_walk = blocks.prefetch_f16 = true;
+    const bool both = be.isa() >= cpu::Isa::Avx512;
+    std::printf("%s (this CPU: %s walk):", name, mine.block_walk && both ? "block" : "head");
+    for (int round = 0; round < (both ? 3 : 1); round++) {
+      be.set_attention_tuning(heads);
+      const double h = median_seconds(step);
+      std::printf(" head walk %.3f ms (%.1f GB/s)", h * 1e3, kv_bytes / h * 1e-9);
+      if (both) {
+        be.set_attention_tuning(blocks);
+        const double b = median_seconds(step);
+        std::printf(", block walk %.3f ms (%.1f GB/s);", b * 1e3, kv_bytes / b * 1e-9);
+      }
+    }
+    std::printf(" read %.1f GB/s\n", bw);
+    be.set_attention_tuning(mine);
     be.release_cache(mem, n_floats);
   }
   for (int M : {512, 32, 1}) {

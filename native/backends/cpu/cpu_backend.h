@@ -11,6 +11,14 @@
 
 namespace llmcore::cpu {
 
+// How decode attention walks the KV cache, chosen per CPU (attention_tuning()); every choice
+// gives the same bits. Measured in cpu_backend.cpp.
+struct AttentionTuning {
+  bool block_walk = false;    // AVX-512: a decode task of several heads reads block by block
+  bool prefetch_f16 = false;  // with block_walk and an f16 cache: prefetch one section ahead
+};
+AttentionTuning attention_tuning();  // this CPU's
+
 class CpuBackend final : public Backend {
  public:
   // isa: the kernel family to use (capped at what the CPU supports); threads <= 0: all cores.
@@ -47,9 +55,13 @@ class CpuBackend final : public Backend {
   void gather_rows(const float* x, const int32_t* rows, int n, int64_t C, float* out) override;
   void logsumexp_rows(const float* x, int rows, int64_t n, double* out_host) override;
   ThreadPool* host_pool() override { return &pool_; }
+  // Tests and benches run the other walks on any CPU (the default is attention_tuning()).
+  void set_attention_tuning(const AttentionTuning& t) { attn_tuning_ = t; }
+  const AttentionTuning& attn_tuning() const { return attn_tuning_; }
 
  private:
   Isa isa_;
+  AttentionTuning attn_tuning_;
   ThreadPool pool_;
   WeightArena weights_;
   std::vector<float> attn_scratch_;  // (threads, 8 x max keys): see ops_kernels.h

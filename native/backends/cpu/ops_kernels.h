@@ -40,6 +40,15 @@ void attention_head_rows(const float* qkv, int64_t C, int64_t HS, int h, int64_t
                          int64_t pos0, int n_rows, void* const* block_ptr, bool f16,
                          const int32_t* blocks, int64_t k_off, int64_t v_off, float* scratch,
                          float* out);
+// One decode row (row of qkv, at position pos) over heads [h0, h0 + nh), walked block by block
+// (attention_avx.inc); the same bits as attention_head_rows of each head. HS % 16 == 0;
+// scratch holds >= nh * (pos + 17 + HS + 1) floats. prefetch: each block's K or V section is
+// prefetched while the one before it is in use, and next_task_k (may be nullptr) while the
+// last V section is.
+void attention_decode_heads(const float* qkv, int64_t C, int64_t HS, int h0, int nh, int64_t row,
+                            int64_t pos, void* const* block_ptr, bool f16, const int32_t* blocks,
+                            int64_t k_off, int64_t v_off, bool prefetch, const void* next_task_k,
+                            float* scratch, float* out);
 }  // namespace llmcore::cpu::avx512
 
 // The same kernels in plain C++ for CPUs without AVX2 (ops_scalar.cpp).
