@@ -454,13 +454,14 @@ std::vector<OpCase> run_backend_ops(bool quick) {
       test_attention(be, name, quick, DType::F16, out, rng);
       if (isa >= cpu::Isa::Avx512) {  // the other decode walk, on the same inputs
         Rand again = before_attention, again_f16 = before_f16;
-        cpu::AttentionTuning other = be.attn_tuning();
-        other.block_walk = !other.block_walk;
-        other.prefetch_f16 = other.block_walk;
+        const cpu::AttentionTuning mine = be.attn_tuning();
+        cpu::AttentionTuning other;
+        other.set_walks(!mine.block_walk(DType::F32));
         be.set_attention_tuning(other);
-        const std::string walk = other.block_walk ? " (block walk)" : " (head walk)";
-        test_attention(be, name, quick, DType::F32, out, again, walk);
-        test_attention(be, name, quick, DType::F16, out, again_f16, walk);
+        test_attention(be, name, quick, DType::F32, out, again, other.block_walk_f32 ? " (block walk)" : " (head walk)");
+        other.set_walks(!mine.block_walk(DType::F16));
+        be.set_attention_tuning(other);
+        test_attention(be, name, quick, DType::F16, out, again_f16, other.block_walk_f16 ? " (block walk)" : " (head walk)");
         be.set_attention_tuning(cpu::attention_tuning());
       }
       test_kv_store_f16_range(be, name, out);

@@ -186,8 +186,8 @@ int main(int argc, char** argv) {
         for (int b = 0; b < batch; ++b) items[size_t(b)].tokens.assign(1, r.sampled[size_t(b)]);
         const int walk = s % 2;
         if (cpu_be) {
-          cpu::AttentionTuning t = cpu_be->attn_tuning();
-          t.block_walk = t.prefetch_f16 = walk == 1;
+          cpu::AttentionTuning t;
+          t.set_walks(walk == 1);
           cpu_be->set_attention_tuning(t);
         }
         const double attn_before = prof.secs.count("attn_out") ? prof.secs["attn_out"] : 0.0;

@@ -131,10 +131,10 @@ int run_ops_perf(const char* only) {
     };
     const cpu::AttentionTuning mine = be.attn_tuning();
     cpu::AttentionTuning heads = mine, blocks = mine;
-    heads.block_walk = heads.prefetch_f16 = false;
-    blocks.block_walk = blocks.prefetch_f16 = true;
+    heads.set_walks(false);
+    blocks.set_walks(true);
     const bool both = be.isa() >= cpu::Isa::Avx512;
-    std::printf("%s (this CPU: %s walk):", name, mine.block_walk && both ? "block" : "head");
+    std::printf("%s (this CPU: %s walk):", name, mine.block_walk(dt) && both ? "block" : "head");
     for (int round = 0; round < (both ? 3 : 1); round++) {
       be.set_attention_tuning(heads);
       const double h = median_seconds(step);

@@ -32,10 +32,16 @@ AttentionTuning attention_tuning() {
   //   6.9-7.5 -> 6.4-7.4.
   // - Prefetching one section ahead on the f32 cache (sections as big as the 48 KB L1): 1.03-1.12x
   //   slower, and T1 (L2) no better, so f16 only.
-  // Zen 4, where this attention is compute-bound, found an earlier block walk 1.15x slower
-  // (eighteenth session): off there. Intel: not measured, off.
-  t.block_walk = cpu.amd && cpu.family >= 0x1a;
-  t.prefetch_f16 = t.block_walk;
+  // Zen 4 (twenty-first session), the same two measurements: on the f32 cache the block walk
+  // wins in the engine, attention 0.79-0.90x (5.6 against 6.4 ms at context 17-80, 9.8 against
+  // 11.1 at 81-112; steps 0.4-1.3 ms faster), and ties standalone (0.86-1.04x). On the f16
+  // cache it loses: 1.3-1.5x standalone and in the engine, with or without the prefetch (there
+  // the head walk's one-row kernel is compute-bound on vcvtph2ps, eighteenth session).
+  // Intel: not measured, off.
+  // (Family 0x19 is Zen 3 too, which has no AVX-512 and so never takes the block walk.)
+  const bool zen4 = cpu.amd && cpu.family == 0x19, zen5 = cpu.amd && cpu.family >= 0x1a;
+  t.block_walk_f32 = zen4 || zen5;
+  t.block_walk_f16 = t.prefetch_f16 = zen5;
   return t;
 }
 
@@ -190,7 +196,7 @@ void CpuBackend::attend(const float* qkv, const AttnSeq* seqs, int n_seqs, const
         tasks_.push_back({s, h, 1, r0, std::min(kRows, seqs[s].n_new - r0)});
   }
   // Decode tasks on the block walk (ops_kernels.h): after the others are listed.
-  const bool block_walk = attn_tuning_.block_walk && isa_ >= Isa::Avx512 && HS % 16 == 0;
+  const bool block_walk = attn_tuning_.block_walk(kv.dtype) && isa_ >= Isa::Avx512 && HS % 16 == 0;
   const bool shares = block_walk && single_chunk == n_seqs;
   const size_t scratch_per_thread =  // see ops_kernels.h
       std::max(8 * size_t(max_keys + 16), block_walk ? size_t(kv.NH) * size_t(max_keys + 17 + HS + 1) : 0);

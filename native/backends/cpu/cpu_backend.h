@@ -14,8 +14,12 @@ namespace llmcore::cpu {
 // How decode attention walks the KV cache, chosen per CPU (attention_tuning()); every choice
 // gives the same bits. Measured in cpu_backend.cpp.
 struct AttentionTuning {
-  bool block_walk = false;    // AVX-512: a decode task of several heads reads block by block
-  bool prefetch_f16 = false;  // with block_walk and an f16 cache: prefetch one section ahead
+  // AVX-512: a decode task of several heads reads the cache block by block, per cache dtype.
+  bool block_walk_f32 = false;
+  bool block_walk_f16 = false;
+  bool prefetch_f16 = false;  // with the f16 block walk: prefetch one section ahead
+  bool block_walk(DType kv) const { return kv == DType::F16 ? block_walk_f16 : block_walk_f32; }
+  void set_walks(bool block) { block_walk_f32 = block_walk_f16 = prefetch_f16 = block; }
 };
 AttentionTuning attention_tuning();  // this CPU's
 
