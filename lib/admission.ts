@@ -61,25 +61,32 @@ export class Admission {
   }
 
   /**
-   * Waits until `blocks` and `seqs` fit, then reserves them. Resolves to the reservation, or to
-   * null when `signal` aborts first. Throws OptionError at once for a request that could never
-   * fit, naming `what` and the load option to raise.
+   * Throws OptionError for a request that could never fit, naming `what`, the option that set
+   * its sequences (`seqsOption`) and the load option to raise.
    */
-  async acquire(what: string, blocks: number, seqs: number, signal?: AbortSignal): Promise<Reservation | null> {
+  check(what: string, blocks: number, seqs: number, seqsOption = 'numReturnSequences'): void {
     const b = this.budget;
     if (blocks > b.capacityBlocks) {
       const mib = (n: number) => `${((n * b.blockBytes) / 2 ** 20).toFixed(1)} MiB`;
       throw new OptionError(
         `[${what}] this request needs up to ${mib(blocks)} of KV cache (${blocks} blocks of ${b.blockTokens} positions), ` +
           `more than the model's kvCacheBytes budget of ${mib(b.capacityBlocks)}: lower maxNewTokens, ` +
-          `numReturnSequences or the prompt length, or raise loadModel's kvCacheBytes`,
+          `${seqsOption} or the prompt length, or raise loadModel's kvCacheBytes`,
       );
     }
     if (seqs > b.maxSequences)
       throw new OptionError(
-        `[${what}] numReturnSequences=${seqs} exceeds the model's maxSequences=${b.maxSequences} ` +
+        `[${what}] ${seqsOption}=${seqs} exceeds the model's maxSequences=${b.maxSequences} ` +
           `(raise loadModel's maxSequences)`,
       );
+  }
+
+  /**
+   * Waits until `blocks` and `seqs` fit, then reserves them. Resolves to the reservation, or to
+   * null when `signal` aborts first. Throws at once what check() throws.
+   */
+  async acquire(what: string, blocks: number, seqs: number, signal?: AbortSignal): Promise<Reservation | null> {
+    this.check(what, blocks, seqs);
     if (this.closed) throw this.closed;
     if (signal?.aborted) return null;
     if (this.queue.length === 0 && this.fits(blocks, seqs)) return this.reserve(blocks, seqs);

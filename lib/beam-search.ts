@@ -9,9 +9,8 @@
 // itself: a beam no successor comes from is released, a beam that several come from is forked
 // (the full blocks are shared, only the partial last one is copied), so no prefix is recomputed.
 import type { GeneratedSequence, GenerationContext, GenerationResult } from './generation';
-import { OptionError } from './errors';
-import { bannedTokens, checkTokenIds, firstStop, minNewTokensFor, promptResult } from './generation';
-import { newTokenBudget, type ResolvedOptions } from './options';
+import { bannedTokens, firstStop, minNewTokensFor, planPrompt, promptResult } from './generation';
+import type { ResolvedOptions } from './options';
 import { LogitsMode, NOT_SAMPLED, type ActiveSequence } from './scheduler';
 
 interface Beam {
@@ -119,21 +118,17 @@ export async function runBeamSearch(
   opts: ResolvedOptions,
 ): Promise<GenerationResult> {
   const start = performance.now();
-  const { scheduler, admission, config, tokenizer } = ctx;
+  const { scheduler, admission, tokenizer } = ctx;
   const { numBeams: B, lengthPenalty, earlyStopping } = opts;
   const P = promptTokens.length;
-  if (P === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
-  checkTokenIds(promptTokens, config, 'generate');
-  const budget = newTokenBudget(opts, P, config);
-  const eos = config.eosTokenId;
+  const { budget, blocks } = planPrompt(ctx, promptTokens, opts);
   const decode = (tokens: number[]) => tokenizer.decode(tokens, { skipSpecialTokens: true });
   const empty = (reason: GeneratedSequence['finishReason']) =>
     promptResult(promptText, promptTokens, Array.from({ length: opts.numReturnSequences },
       () => ({ text: '', tokens: [], finishReason: reason, score: 0 })), start, 0);
 
-  if (budget === 0) return empty('length');
   if (opts.signal?.aborted) return empty('abort');
-  const reservation = await admission.acquire('generate', admission.blocksFor(P - 1, P + budget - 1, B), B, opts.signal);
+  const reservation = await admission.acquire('generate', blocks, B, opts.signal);
   if (!reservation) return empty('abort');
   let beams: Beam[] = [];
   const releaseAll = () => {
@@ -156,7 +151,7 @@ export async function runBeamSearch(
       const newTokens = beams[0].tokens.length + 1; // of every candidate
       const all: Candidate[] = [];
       beams.forEach((b, i) => {
-        const banned = bannedTokens(promptTokens, b.tokens, minNew, opts, eos);
+        const banned = bannedTokens(promptTokens, b.tokens, minNew, opts);
         beamCandidates(rows[i], b, i, promptTokens.concat(b.tokens), banned, opts.repetitionPenalty, 2 * B, all);
       });
       all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
@@ -165,7 +160,7 @@ export async function runBeamSearch(
       const endings = candidates.map((c): Hypothesis | null => {
         const tokens = beams[c.beam].tokens.concat(c.token);
         const score = c.sum / newTokens ** lengthPenalty;
-        if (c.token === eos) return { tokens, score, text: decode(tokens), reason: 'eos' };
+        if (opts.eosTokenIds.includes(c.token)) return { tokens, score, text: decode(tokens), reason: 'eos' };
         // A stop string ends a candidate as eos does (HF's StopStringCriteria), matched in the
         // continuation's text as without beams; the text ends before it.
         const text = opts.stop.length > 0 || newTokens >= budget ? decode(tokens) : '';

@@ -9,12 +9,13 @@ import type { GenerateOptions } from './options';
 
 const USAGE = `usage:
   llmcore generate PROMPT --model DIR [options]
-      --max-length N  --max-new-tokens N  --min-new-tokens N  --num-return-sequences N
-      --no-repeat-ngram-size N  --num-beams N  --length-penalty L  --early-stopping true|false|never
+      --max-length N  --max-new-tokens N  --min-new-tokens N  --min-length N  --num-return-sequences N
+      --no-repeat-ngram-size N  --bad-words-ids JSON (e.g. '[[318],[1049,1110]]')  --eos-token-id N
+      --num-beams N  --length-penalty L  --early-stopping true|false|never
       --do-sample | --greedy  --temperature T  --top-k K  --top-p P  --min-p P  --typical-p P
       --repetition-penalty R  --seed N  --stop STRING (repeatable)
       --device auto|cpu|cuda  --threads N  --dtype auto|f32|f16|bf16  --kv-cache-dtype auto|f32|f16
-      --stream (print tokens as they come; one sequence)  --json
+      --stream (print tokens as they come; one sequence, no beams)  --json (the whole result)
   llmcore create-random --out DIR [--preset tiny|small|124M] [--dtype f32|f16|bf16] [--seed N]
       [--layout bare|prefixed]
   llmcore info`;
@@ -24,6 +25,15 @@ function number(name: string, v: string | undefined): number | undefined {
   const n = Number(v);
   if (v.trim() === '' || !Number.isFinite(n)) throw new LlmcoreError('E_OPTION', `--${name} expects a number, got '${v}'`);
   return n;
+}
+
+function jsonValue(name: string, v: string | undefined): unknown {
+  if (v === undefined) return undefined;
+  try {
+    return JSON.parse(v);
+  } catch {
+    throw new LlmcoreError('E_OPTION', `--${name} expects JSON, got '${v}'`);
+  }
 }
 
 function earlyStopping(v: string | undefined): boolean | 'never' | undefined {
@@ -42,7 +52,10 @@ async function generate(args: string[]): Promise<number> {
       'max-length': { type: 'string' },
       'max-new-tokens': { type: 'string' },
       'min-new-tokens': { type: 'string' },
+      'min-length': { type: 'string' },
       'no-repeat-ngram-size': { type: 'string' },
+      'bad-words-ids': { type: 'string' },
+      'eos-token-id': { type: 'string' },
       'num-return-sequences': { type: 'string' },
       'num-beams': { type: 'string' },
       'length-penalty': { type: 'string' },
@@ -63,12 +76,21 @@ async function generate(args: string[]): Promise<number> {
       'kv-cache-dtype': { type: 'string' },
       stream: { type: 'boolean' },
       json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
   if (positionals.length !== 1 || !values.model) {
     console.error(USAGE);
     return 2;
   }
+  if (values['do-sample'] && values.greedy) throw new LlmcoreError('E_OPTION', '--do-sample and --greedy contradict each other: pass one');
+  if (values.stream && values.json) throw new LlmcoreError('E_OPTION', '--stream prints text as it comes, --json the whole result: pass one');
+  if (values.stream && (number('num-return-sequences', values['num-return-sequences']) ?? 1) > 1)
+    throw new LlmcoreError('E_OPTION', '--stream prints one sequence: drop --num-return-sequences or --stream');
   const prompt = positionals[0];
   const model = await loadModel(values.model, {
     device: values.device as Device | undefined,
@@ -81,7 +103,10 @@ async function generate(args: string[]): Promise<number> {
       maxLength: number('max-length', values['max-length']),
       maxNewTokens: number('max-new-tokens', values['max-new-tokens']),
       minNewTokens: number('min-new-tokens', values['min-new-tokens']),
+      minLength: number('min-length', values['min-length']),
       noRepeatNgramSize: number('no-repeat-ngram-size', values['no-repeat-ngram-size']),
+      badWordsIds: jsonValue('bad-words-ids', values['bad-words-ids']) as number[][] | undefined,
+      eosTokenId: number('eos-token-id', values['eos-token-id']),
       numReturnSequences: number('num-return-sequences', values['num-return-sequences']),
       numBeams: number('num-beams', values['num-beams']),
       lengthPenalty: number('length-penalty', values['length-penalty']),
@@ -98,9 +123,11 @@ async function generate(args: string[]): Promise<number> {
     };
     const start = performance.now();
     if (values.stream) {
-      process.stdout.write(prompt);
       let tokens = 0;
+      let first = true;
       for await (const chunk of model.stream(prompt, opts)) {
+        if (first) process.stdout.write(prompt);  // after the options passed their checks
+        first = false;
         process.stdout.write(chunk.text);
         tokens += chunk.tokens.length;
       }
@@ -140,6 +167,7 @@ async function createRandom(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     options: {
+      help: { type: 'boolean', short: 'h' },
       out: { type: 'string' },
       preset: { type: 'string', default: 'tiny' },
       dtype: { type: 'string', default: 'f32' },
@@ -147,6 +175,10 @@ async function createRandom(args: string[]): Promise<number> {
       layout: { type: 'string', default: 'bare' },
     },
   });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
   if (!values.out) {
     console.error(USAGE);
     return 2;

@@ -37,6 +37,8 @@ export interface GenerationDefaults {
   numBeams?: number;
   lengthPenalty?: number;
   earlyStopping?: unknown;
+  /** generation_config.json's eos_token_id: a token id or a list of them (checked by resolveOptions). */
+  eosTokenId?: unknown;
 }
 
 export interface Checkpoint {
@@ -146,6 +148,7 @@ function pickDefaults(src: Json | undefined): GenerationDefaults {
   if (num('num_beams') !== undefined) out.numBeams = num('num_beams');
   if (num('length_penalty') !== undefined) out.lengthPenalty = num('length_penalty');
   if (src.early_stopping !== undefined && src.early_stopping !== null) out.earlyStopping = src.early_stopping; // checked by resolveOptions
+  if (src.eos_token_id !== undefined && src.eos_token_id !== null) out.eosTokenId = src.eos_token_id; // checked by resolveOptions
   return out;
 }
 

@@ -115,9 +115,9 @@ function heldBack(text: string, stops: string[]): number {
  * NoBadWords logits processors, over the prompt and the tokens generated so far.
  */
 export function bannedTokens(prompt: readonly number[], gen: readonly number[], minNewTokens: number,
-                             opts: ResolvedOptions, eosTokenId: number): number[] {
+                             opts: ResolvedOptions): number[] {
   const banned: number[] = [];
-  if (gen.length < minNewTokens) banned.push(eosTokenId);
+  if (gen.length < minNewTokens) banned.push(...opts.eosTokenIds);
   const n = opts.noRepeatNgramSize;
   const bad = opts.badWordsIds;
   if (n > 0 || bad.length > 0) {
@@ -188,7 +188,8 @@ class SequenceRun implements ActiveSequence {
   ) {
     this.pending = [...feed];
     // layout: NativeStepRequest.params
-    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.temperature, opts.topK, opts.topP, opts.repetitionPenalty,
+    // Greedy ignores the temperature (it may be 0 then: options.ts); the engine checks it anyway.
+    this.params = Float32Array.of(opts.doSample ? 1 : 0, opts.doSample ? opts.temperature : 1, opts.topK, opts.topP, opts.repetitionPenalty,
       opts.minP, opts.typicalP);
     this.updateBanned();
     this.decoder = ctx.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
@@ -199,7 +200,7 @@ class SequenceRun implements ActiveSequence {
     if (this.out.tokens.length === 0) this.firstTokenAt = performance.now();
     this.out.tokens.push(token);
     this.updateBanned();
-    if (token === this.ctx.config.eosTokenId) return this.finish('eos');
+    if (this.opts.eosTokenIds.includes(token)) return this.finish('eos');
     const before = this.out.text.length;
     this.out.text += this.decoder.push(token);
     const stops = this.opts.stop;
@@ -223,8 +224,7 @@ class SequenceRun implements ActiveSequence {
     const after = this.out.tokens.length + 1;  // generated once the step in flight is in
     if (after >= this.budget) return null;     // its token is the last: nothing is fed after it
     // What is left depends only on how many tokens there are, not on which.
-    return bannedTokens(this.prompt, new Array<number>(after).fill(0), this.minNewTokens, this.opts,
-      this.ctx.config.eosTokenId);
+    return bannedTokens(this.prompt, new Array<number>(after).fill(0), this.minNewTokens, this.opts);
   }
 
   onForked(ids: Int32Array, sampled: Int32Array): void {
@@ -283,7 +283,7 @@ class SequenceRun implements ActiveSequence {
   }
 
   private updateBanned(): void {
-    this.banned = bannedTokens(this.prompt, this.out.tokens, this.minNewTokens, this.opts, this.ctx.config.eosTokenId);
+    this.banned = bannedTokens(this.prompt, this.out.tokens, this.minNewTokens, this.opts);
   }
 
   private release(): void {
@@ -293,7 +293,28 @@ class SequenceRun implements ActiveSequence {
   }
 }
 
-const seedFor = (seed: number, i: number) => (seed + i) % Number.MAX_SAFE_INTEGER;
+// 32-bit finalizer of murmur3-like hashes (lowbias32): every input bit moves every output bit.
+function mix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x7feb352d);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0x846ca68b);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/**
+ * The seed of stream i (> 0) of a seed (< 2^53): a hash of both, so nearby seeds share no
+ * streams (seed + i would give seed 43's first sequence to seed 42's second). Stream 0 is the
+ * seed itself. A 53-bit result, as the native sequences take.
+ */
+export function seedFor(seed: number, i: number): number {
+  if (i === 0) return seed;
+  const lo = seed % 2 ** 32, hi = Math.floor(seed / 2 ** 32);
+  const a = mix32((lo ^ mix32(i)) >>> 0);
+  const b = mix32((hi ^ mix32(a ^ 0x9e3779b9) ^ i) >>> 0);
+  return (b & 0x1fffff) * 2 ** 32 + a;
+}
 
 /** The result of one prompt's generation, with its timing from `start` and the first new token at `firstAt`. */
 export function promptResult(promptText: string, promptTokens: number[], sequences: GeneratedSequence[],
@@ -312,6 +333,32 @@ export function promptResult(promptText: string, promptTokens: number[], sequenc
   };
 }
 
+/** What a prompt asks of the KV cache: its new-token budget, blocks and sequences at most. */
+export interface PromptPlan {
+  budget: number;
+  blocks: number;
+  seqs: number;
+}
+
+/**
+ * Checks a prompt against the options and the KV-cache budget, throwing what runPrompt or
+ * runBeamSearch would throw before starting (so a call of many prompts can check them all
+ * before any starts), and returns its plan. Each sequence grows to P + budget - 1 positions
+ * (its last sampled token is never fed); the full blocks of a prompt's P positions are shared by
+ * its forks, those of P - 1 by its beams (as runBeamSearch has always counted them).
+ */
+export function planPrompt(ctx: GenerationContext, promptTokens: number[], opts: ResolvedOptions): PromptPlan {
+  const P = promptTokens.length;
+  if (P === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
+  checkTokenIds(promptTokens, ctx.config, 'generate');
+  const budget = newTokenBudget(opts, P, ctx.config);
+  const beams = opts.numBeams > 1;
+  const seqs = beams ? opts.numBeams : opts.numReturnSequences;
+  const blocks = ctx.admission.blocksFor(beams ? P - 1 : P, P + budget - 1, seqs);
+  ctx.admission.check('generate', blocks, seqs, beams ? 'numBeams' : 'numReturnSequences');
+  return { budget, blocks, seqs };
+}
+
 export async function runPrompt(
   ctx: GenerationContext,
   promptTokens: number[],
@@ -320,10 +367,8 @@ export async function runPrompt(
   onChunk?: (c: StreamChunk) => void,
 ): Promise<GenerationResult> {
   const start = performance.now();
-  const { scheduler, admission, config } = ctx;
-  if (promptTokens.length === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
-  checkTokenIds(promptTokens, config, 'generate');
-  const budget = newTokenBudget(opts, promptTokens.length, config);
+  const { scheduler, admission } = ctx;
+  const { budget, blocks } = planPrompt(ctx, promptTokens, opts);
   const n = opts.numReturnSequences;
   const result = (sequences: GeneratedSequence[], firstAt: number) =>
     promptResult(promptText, promptTokens, sequences, start, firstAt);
@@ -332,12 +377,10 @@ export async function runPrompt(
       onChunk?.({ index, text: '', tokens: [], finishReason: reason });
       return { text: '', tokens: [], finishReason: reason };
     });
-  if (budget === 0) return result(empty('length'), 0);
   if (opts.signal?.aborted) return result(empty('abort'), 0);
-  // Wait for room in the KV cache: the P prompt positions shared, each sequence grows to
-  // P + budget - 1 (its last sampled token is never fed).
+  // Wait for room in the KV cache (planPrompt).
   const P = promptTokens.length;
-  const reservation = await admission.acquire('generate', admission.blocksFor(P, P + budget - 1, n), n, opts.signal);
+  const reservation = await admission.acquire('generate', blocks, n, opts.signal);
   if (!reservation) return result(empty('abort'), 0);
   // A sequence that ends early (eos, stop, abort) returns its own blocks at once; the prompt's
   // shared blocks go back when the last one ends. Its native release runs between steps, before

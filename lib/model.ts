@@ -1,14 +1,16 @@
 // The user-facing model: loadModel() and generate / stream / logits / dispose.
+import { setMaxListeners } from 'node:events';
 import * as os from 'node:os';
+import { onAbort } from './abort';
 import { Admission, type KvStats } from './admission';
 import { readCheckpoint, type GenerationDefaults, type ModelConfig } from './config';
 import { BackendError, DisposedError, ModelFormatError, OptionError, callNative } from './errors';
 import {
-  checkTokenIds, prefill, runPrompt, type GenerationContext, type GenerationResult, type StreamChunk,
+  checkTokenIds, planPrompt, prefill, runPrompt, seedFor, type GenerationContext, type GenerationResult, type StreamChunk,
 } from './generation';
 import { runBeamSearch } from './beam-search';
 import { native, type NativeEngine, type NativeEngineInfo } from './native';
-import { resolveOptions, type GenerateOptions } from './options';
+import { checkSignal, resolveOptions, type GenerateOptions, type ResolvedOptions } from './options';
 import { LogitsMode, Scheduler } from './scheduler';
 import { Gpt2Tokenizer } from './tokenizer';
 
@@ -61,8 +63,8 @@ function checkLoadOptions(o: LoadOptions | undefined): Required<LoadOptions> {
   const device = o?.device ?? 'auto';
   if (!['auto', 'cpu', 'cuda'].includes(device))
     throw new OptionError(`[loadModel] option device must be 'auto', 'cpu' or 'cuda', got ${String(device)}`);
-  const threads = o?.threads ?? 0;
-  if (!Number.isInteger(threads) || threads < 0 || threads > 1024)
+  const threads = o?.threads ?? 0;  // 0: one per core (the native default)
+  if (o?.threads !== undefined && (!Number.isInteger(threads) || threads < 1 || threads > 1024))
     throw new OptionError(`[loadModel] option threads must be an integer in [1, 1024], got ${String(threads)}`);
   const dtype = o?.dtype ?? 'auto';
   if (!['auto', 'f32', 'f16', 'bf16'].includes(dtype))
@@ -165,21 +167,48 @@ export class Model {
     const prompts = (many ? input : [input]) as Prompt[];
     if (Array.isArray(input) && input.length === 0) throw new OptionError('[generate] no prompt given (empty array)');
     const encoded = prompts.map((p) => this.encodePrompt(p));
+    // Every prompt is checked before any starts: a bad one fails the call with nothing running.
+    const ctx = this.context();
+    for (const [ids] of encoded) planPrompt(ctx, ids, opts);
+    // The prompts' abort: the caller's signal (one listener for the call, however many prompts),
+    // or the first prompt that fails, which ends the others (the call rejects with its error).
+    const stop = new AbortController();
+    setMaxListeners(0, stop.signal);  // a listener per prompt and sequence: no leak warning
+    const unsubscribe = onAbort(opts.signal, () => stop.abort());
     const run = opts.numBeams > 1 ? runBeamSearch : runPrompt;
-    const results = await Promise.all(encoded.map(([ids, text]) => run(this.context(), ids, text, opts)));
-    return many ? results : results[0];
+    try {
+      const results = await Promise.all(encoded.map(([ids, text], i) =>
+        run(ctx, ids, text, { ...opts, seed: promptSeed(opts.seed, i), signal: stop.signal }).catch((err: unknown) => {
+          stop.abort();
+          throw err;
+        })));
+      return many ? results : results[0];
+    } finally {
+      unsubscribe();
+    }
   }
 
   /** Streams a prompt's continuation(s) as text pieces with their token ids. */
   async *stream(prompt: Prompt, options?: GenerateOptions): AsyncGenerator<StreamChunk, void, undefined> {
     this.checkAlive();
+    if (Array.isArray(prompt) && prompt.some((t) => typeof t !== 'number'))
+      throw new OptionError('[stream] takes one prompt (a string or an array of token ids); stream each, or generate() them all');
+    if (options !== undefined && (typeof options !== 'object' || options === null))
+      throw new OptionError('[stream] options must be an object');
+    // The sequences end when the caller's signal aborts or the consumer stops iterating.
     const stop = new AbortController();
-    const user = options?.signal;
-    const signal = user ? AbortSignal.any([user, stop.signal]) : stop.signal;
-    const opts = resolveOptions({ ...options, signal }, this.config, this.generationDefaults);
-    if (opts.numBeams > 1)
-      throw new OptionError('[stream] numBeams > 1 cannot stream (any beam may be replaced at a later step); use generate()');
-    const [ids, text] = this.encodePrompt(prompt);
+    const unsubscribe = onAbort(checkSignal(options?.signal, 'stream'), () => stop.abort());
+    let opts: ResolvedOptions;
+    let ids: number[], text: string;
+    try {
+      opts = resolveOptions({ ...options, signal: stop.signal }, this.config, this.generationDefaults);
+      if (opts.numBeams > 1)
+        throw new OptionError('[stream] numBeams > 1 cannot stream (any beam may be replaced at a later step); use generate()');
+      [ids, text] = this.encodePrompt(prompt);
+    } catch (err) {
+      unsubscribe();
+      throw err;
+    }
     const queue: StreamChunk[] = [];
     let wake: (() => void) | undefined;
     let finished = false;
@@ -207,6 +236,7 @@ export class Model {
       }
     } finally {
       stop.abort();  // the consumer stopped early: end the sequences
+      unsubscribe();
       await run;
     }
   }
@@ -274,3 +304,8 @@ export class Model {
     throw new OptionError('[generate] a prompt must be a string or an array of token ids');
   }
 }
+
+// Prompt j of a call draws its sequences' seeds from its own stream of the call's seed, far
+// from the sequences' own streams (seedFor(seed, i) for sequence i < 1024).
+const PROMPT_STREAMS = 2 ** 31;
+const promptSeed = (seed: number, j: number) => (j === 0 ? seed : seedFor(seed, PROMPT_STREAMS + j));

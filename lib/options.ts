@@ -41,8 +41,14 @@ export interface GenerateOptions {
   typicalP?: number;
   /** HF repetition_penalty (> 0; 1: off). */
   repetitionPenalty?: number;
-  /** Same seed, same output. Default: random. */
+  /**
+   * Same seed, same output. Default: random. Each sequence draws from its own generator, seeded
+   * from (seed, prompt index, sequence index), so identical prompts in one call get different
+   * samples.
+   */
   seed?: number;
+  /** Token ids that end a sequence (HF eos_token_id). Default: generation_config.json's, else config.json's. */
+  eosTokenId?: number | number[];
   /** Stop when the continuation contains any of these; the text ends before it. */
   stop?: string | string[];
   /** Aborts generation; sequences end with finishReason 'abort'. */
@@ -51,6 +57,8 @@ export interface GenerateOptions {
 
 export interface ResolvedOptions {
   maxLength: number | undefined;
+  /** Where maxLength came from, for the error of a prompt that leaves no room. */
+  maxLengthFrom: 'option' | 'checkpoint' | 'default';
   maxNewTokens: number | undefined;
   minNewTokens: number;
   minLength: number;
@@ -68,6 +76,7 @@ export interface ResolvedOptions {
   typicalP: number;
   repetitionPenalty: number;
   seed: number;
+  eosTokenIds: number[];
   stop: string[];
   signal: AbortSignal | undefined;
 }
@@ -75,7 +84,7 @@ export interface ResolvedOptions {
 const known: ReadonlySet<string> = new Set([
   'maxLength', 'maxNewTokens', 'minNewTokens', 'minLength', 'noRepeatNgramSize', 'badWordsIds', 'numReturnSequences', 'numBeams',
   'lengthPenalty', 'earlyStopping', 'doSample', 'temperature', 'topK', 'topP', 'minP', 'typicalP',
-  'repetitionPenalty', 'seed', 'stop', 'signal',
+  'repetitionPenalty', 'seed', 'eosTokenId', 'stop', 'signal',
 ]);
 
 const camel = (s: string) => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
@@ -90,6 +99,24 @@ function num(name: string, v: unknown, ok: (x: number) => boolean, expected: str
   if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v))
     throw new OptionError(`[generate] option ${name} must be ${expected}, got ${String(v)}`);
   return v;
+}
+
+function eosIds(v: unknown, vocabSize: number, name: string): number[] {
+  const ids = Array.isArray(v) ? v : [v];
+  if (ids.length === 0 || !ids.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize))
+    throw new OptionError(`[generate] ${name} must be a token id below vocab_size=${vocabSize} or a non-empty array of them, ` +
+      `got ${JSON.stringify(v)}`);
+  return ids as number[];
+}
+
+/** Checks a user's signal option (null and undefined: none); any AbortSignal-like object will do. */
+export function checkSignal(v: unknown, what: string): AbortSignal | undefined {
+  if (v === undefined || v === null) return undefined;
+  const s = v as AbortSignal;
+  if (typeof s !== 'object' || typeof s.aborted !== 'boolean' || typeof s.addEventListener !== 'function' ||
+      typeof s.removeEventListener !== 'function')
+    throw new OptionError(`[${what}] option signal must be an AbortSignal`);
+  return s;
 }
 
 function badWords(v: unknown, vocabSize: number): number[][] {
@@ -120,14 +147,19 @@ export function resolveOptions(
     o[k] !== undefined ? o[k] : defaults[k];
   const P = config.nPositions;
   // Length: the caller's maxNewTokens, else the caller's maxLength, else the checkpoint's
-  // max_new_tokens, else its max_length, else HF's default max_length of 20.
-  const callerMaxLength = o.maxLength === undefined ? undefined : int('maxLength', o.maxLength, 1, P);
+  // max_new_tokens, else its max_length, else HF's default max_length of 20; the others are
+  // ignored, as in HF. The last token is sampled but never fed, so a sequence holds at most
+  // n_positions + 1 tokens, prompt included.
   let maxNewTokens: number | undefined;
   let maxLength: number | undefined;
-  if (o.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', o.maxNewTokens, 0, P);
-  else if (callerMaxLength !== undefined) maxLength = callerMaxLength;
-  else if (defaults.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', defaults.maxNewTokens, 0, P);
-  else maxLength = Math.min(int('maxLength', defaults.maxLength ?? 20, 1, Number.MAX_SAFE_INTEGER), P);
+  let maxLengthFrom: ResolvedOptions['maxLengthFrom'] = 'option';
+  if (o.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', o.maxNewTokens, 1, P);
+  else if (o.maxLength !== undefined) maxLength = int('maxLength', o.maxLength, 1, P + 1);
+  else if (defaults.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', defaults.maxNewTokens, 1, P);
+  else {
+    maxLengthFrom = defaults.maxLength === undefined ? 'default' : 'checkpoint';
+    maxLength = Math.min(int('maxLength', defaults.maxLength ?? 20, 1, Number.MAX_SAFE_INTEGER), P + 1);
+  }
   // Beams: each step keeps the 2 * numBeams best (beam, token) pairs, so the vocabulary bounds them.
   const numBeams = int('numBeams', pick('numBeams') ?? 1, 1, Math.min(256, Math.floor(config.vocabSize / 2)));
   // A caller's numBeams wins over a checkpoint's do_sample (gpt2's comes from its sampling
@@ -152,12 +184,17 @@ export function resolveOptions(
     if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string' || s.length === 0))
       throw new OptionError('[generate] option stop must be a non-empty string or an array of them');
   }
-  const signal = o.signal as AbortSignal | undefined;
-  if (signal !== undefined && (typeof signal !== 'object' || typeof signal.addEventListener !== 'function'))
-    throw new OptionError('[generate] option signal must be an AbortSignal');
+  const signal = checkSignal(o.signal, 'generate');
+  const eosTokenIds = o.eosTokenId !== undefined ? eosIds(o.eosTokenId, config.vocabSize, 'option eosTokenId')
+    : defaults.eosTokenId !== undefined ? eosIds(defaults.eosTokenId, config.vocabSize, "the checkpoint's eos_token_id")
+    : [config.eosTokenId];
   const seed = o.seed === undefined ? Math.floor(Math.random() * 2 ** 32) : int('seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
+  // Sampling only: greedy ignores the temperature, as HF does (which only warns), so 0 is fine there.
+  const temperature = num('temperature', pick('temperature') ?? 1, (x) => (doSample ? x > 0 : x >= 0),
+    doSample ? 'a number > 0' : 'a number >= 0');
   return {
     maxLength,
+    maxLengthFrom,
     maxNewTokens,
     minNewTokens: int('minNewTokens', pick('minNewTokens') ?? 0, 0, P),
     minLength: int('minLength', pick('minLength') ?? 0, 0, P),
@@ -168,29 +205,44 @@ export function resolveOptions(
     lengthPenalty: num('lengthPenalty', pick('lengthPenalty') ?? 1, () => true, 'a finite number'),
     earlyStopping,
     doSample,
-    temperature: num('temperature', pick('temperature') ?? 1, (x) => x > 0, 'a number > 0'),
+    temperature,
     topK: int('topK', pick('topK') ?? 50, 0, Number.MAX_SAFE_INTEGER),
     topP: num('topP', pick('topP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
     minP: num('minP', pick('minP') ?? 0, (x) => x >= 0 && x <= 1, 'a number in [0, 1]'),
     typicalP: num('typicalP', pick('typicalP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
     repetitionPenalty: num('repetitionPenalty', pick('repetitionPenalty') ?? 1, (x) => x > 0, 'a number > 0'),
     seed,
+    eosTokenIds,
     stop,
     signal,
   };
 }
 
-/** New tokens for a prompt of promptLength, checked against the context size. */
+/**
+ * New tokens for a prompt of promptLength (>= 1), checked against the context size: prompt and
+ * new tokens together hold at most n_positions + 1 (the last token is never fed). A prompt that
+ * leaves maxLength no room is an error, as in HF (which raises a ValueError).
+ */
 export function newTokenBudget(opts: ResolvedOptions, promptLength: number, config: ModelConfig): number {
   const P = config.nPositions;
   if (promptLength > P)
     throw new OptionError(`[generate] prompt of ${promptLength} tokens exceeds the model's n_positions=${P}`);
   if (opts.maxNewTokens !== undefined) {
-    if (promptLength + opts.maxNewTokens > P)
+    if (promptLength + opts.maxNewTokens > P + 1)
       throw new OptionError(
-        `[generate] prompt (${promptLength} tokens) + maxNewTokens (${opts.maxNewTokens}) exceeds the model's n_positions=${P}`,
+        `[generate] prompt (${promptLength} tokens) + maxNewTokens (${opts.maxNewTokens}) exceeds the model's ` +
+          `n_positions=${P} (+ 1: the last token is not fed)`,
       );
     return opts.maxNewTokens;
   }
-  return Math.max(0, (opts.maxLength ?? 20) - promptLength);
+  const maxLength = opts.maxLength ?? 20;
+  if (promptLength >= maxLength) {
+    const from = opts.maxLengthFrom === 'option' ? '' : opts.maxLengthFrom === 'checkpoint'
+      ? ", the checkpoint's max_length" : ", HF's default";
+    throw new OptionError(
+      `[generate] the prompt is ${promptLength} tokens, but maxLength (prompt included${from}) is ${maxLength}: ` +
+        `raise maxLength or, better, set maxNewTokens`,
+    );
+  }
+  return maxLength - promptLength;
 }

@@ -72,6 +72,11 @@ interface InFlight {
 export class Scheduler {
   /** Prompt tokens per step across all sequences: large enough to keep the GEMMs efficient. */
   static maxStepTokens = 2048;
+  /**
+   * Prompt tokens a step takes even when its decode rows use up maxStepTokens (thousands of
+   * sequences decoding at once), so prompts still start.
+   */
+  static minPromptTokens = 256;
   /** Submit the next step before the current one's result when it is known (file comment). */
   static lookahead = true;
 
@@ -155,6 +160,13 @@ export class Scheduler {
         if (this.closed) break;
         this.deliver(step, result, next);
       }
+    } catch (err) {
+      // An error of the loop itself (a bug) must not become an unhandled rejection, which ends
+      // the process: the sequences it was running fail with it (their owners release them).
+      const e = wrapNativeError(err);
+      const failed = [...this.active];
+      this.active.clear();
+      for (const seq of failed) seq.onError(e);
     } finally {
       this.running = false;
       if (!this.closed && (this.between.length > 0 || this.active.size > 0)) this.kick();
@@ -225,11 +237,16 @@ export class Scheduler {
     });
   }
 
-  /** Decode tokens first (latency), then prompt chunks up to the step budget. */
+  /**
+   * Decode tokens first (latency: every one goes in), then prompt chunks in what is left of
+   * maxStepTokens, at least minPromptTokens.
+   */
   private takeBatch(): Batch {
     const batch: Batch = [];
-    let budget = Scheduler.maxStepTokens;
     const ordered = [...this.active].sort((a, b) => a.pending.length - b.pending.length);
+    let decodes = 0;
+    for (const seq of ordered) if (!seq.cancelled && seq.pending.length === 1) decodes++;
+    let budget = Math.max(Scheduler.maxStepTokens - decodes, Scheduler.minPromptTokens);
     for (const seq of ordered) {
       if (seq.cancelled) {
         this.active.delete(seq);
@@ -237,8 +254,8 @@ export class Scheduler {
       }
       if (seq.pending.length === 0) continue;
       const take = seq.pending.length === 1 ? 1 : Math.min(seq.pending.length, budget);
-      if (take === 0) continue;
-      budget -= take;
+      if (take <= 0) continue;
+      if (seq.pending.length > 1) budget -= take;
       batch.push({ seq, tokens: seq.pending.splice(0, take), take });
     }
     return batch;

@@ -106,6 +106,8 @@ describe('beam search through eos', () => {
   beforeAll(async () => {
     eosDir = mutableCopy(tinyDir, 'beam-eos');
     replaceFile(eosDir, 'config.json', JSON.stringify({ ...readJsonFile(tinyDir, 'config.json'), eos_token_id: EOS_TOKEN }));
+    // generation_config.json's eos_token_id is the one generate() uses (HF), so it moves too.
+    replaceFile(eosDir, 'generation_config.json', JSON.stringify({ ...readJsonFile(tinyDir, 'generation_config.json'), eos_token_id: EOS_TOKEN }));
     eosModel = await loadModel(eosDir, CPU);
     eosRef = loadGpt2Reference(eosDir);
   });

@@ -9,7 +9,7 @@ import {
   DisposedError, LlmcoreError, OptionError, loadModel, type GenerateOptions, type Model, type StreamChunk,
 } from '../lib';
 import {
-  argmax, checkpoint, countingSteps, freshModel, model, mutableCopy, penalize, rewriteSafetensors, row, sortedDesc,
+  argmax, checkpoint, countingSteps, freshModel, model, mutableCopy, penalize, replaceFile, rewriteSafetensors, row, sortedDesc,
   tokenSequence, type CheckpointOptions,
 } from './helpers/fixtures';
 import { Scheduler } from '../lib/scheduler';
@@ -116,6 +116,23 @@ describe('batching and concurrency', () => {
       expect(batched[i].sequences[0].tokens).toEqual(alone.sequences[0].tokens);
       expect(batched[i].sequences[0].text).toBe(alone.sequences[0].text);
       expect(batched[i].promptTokens).toEqual(alone.promptTokens);
+    }
+  });
+
+  test("more decode rows than a step's token budget, and a prompt next to them: it still runs, in chunks", async () => {
+    const saved = [Scheduler.maxStepTokens, Scheduler.minPromptTokens];
+    const late = tokenSequence(10, 1);
+    const alone = await tiny.generate(late, opts);
+    Scheduler.maxStepTokens = 4;  // 6 one-token prompts decode: over the budget from the first step
+    Scheduler.minPromptTokens = 2;
+    try {
+      const decoding = tiny.generate(Array.from({ length: 6 }, (_, i) => [i + 1]), greedy({ maxNewTokens: 20 }));
+      const joined = tiny.generate(late, opts);
+      const [d, j] = await Promise.all([decoding, joined]);
+      expect(d.map((r) => r.sequences[0].tokens.length)).toEqual(Array(6).fill(20));
+      expect(j.sequences).toEqual(alone.sequences);
+    } finally {
+      [Scheduler.maxStepTokens, Scheduler.minPromptTokens] = saved;
     }
   });
 
@@ -338,6 +355,33 @@ describe('sampling', () => {
     expect(again.sequences).toEqual(r.sequences);
   });
 
+  test('nearby seeds share no sequence (each sequence seeded by a hash of seed and index)', async () => {
+    const o = { ...base, maxNewTokens: 8, numReturnSequences: 3 };
+    const a = (await tiny.generate('Nearby', { ...o, seed: 42 })).sequences.map((s) => s.tokens.join(','));
+    const b = (await tiny.generate('Nearby', { ...o, seed: 43 })).sequences.map((s) => s.tokens.join(','));
+    expect(new Set([...a, ...b]).size).toBe(6);
+  });
+
+  test('identical prompts in one call get different samples, seeded or not; seeded calls repeat', async () => {
+    const prompts = Array<string>(5).fill('Once upon a time');
+    for (const seed of [undefined, 11]) {
+      const r = await tiny.generate(prompts, { ...base, maxNewTokens: 8, seed });
+      expect(new Set(r.map((x) => x.sequences[0].tokens.join(','))).size).toBe(5);
+      if (seed !== undefined)
+        expect((await tiny.generate(prompts, { ...base, maxNewTokens: 8, seed })).map((x) => x.sequences)).toEqual(r.map((x) => x.sequences));
+    }
+    // The first prompt of a seeded call draws as it would alone.
+    const alone = await tiny.generate(prompts[0], { ...base, maxNewTokens: 8, seed: 11 });
+    const first = await tiny.generate(prompts, { ...base, maxNewTokens: 8, seed: 11 });
+    expect(first[0].sequences).toEqual(alone.sequences);
+  });
+
+  test('greedy ignores the temperature: 0 is accepted there, as in HF', async () => {
+    const a = await tiny.generate('Cold', greedy({ maxNewTokens: 5, temperature: 0 }));
+    const b = await tiny.generate('Cold', greedy({ maxNewTokens: 5 }));
+    expect(a.sequences).toEqual(b.sequences);
+  });
+
   test('a topK beyond the vocabulary (even beyond int32) is no top-k at all', async () => {
     const o = { doSample: true, maxNewTokens: 6, seed: 21, numReturnSequences: 2 };
     const off = await tiny.generate('Top k off', { ...o, topK: 0 });
@@ -475,11 +519,23 @@ describe('lengths', () => {
     expect((await tiny.generate(prompt, greedy({ maxLength: 6, maxNewTokens: 9 }))).sequences[0].tokens).toHaveLength(9);
   });
 
-  test('maxLength not above the prompt, or maxNewTokens 0: nothing generated', async () => {
-    for (const o of [{ maxLength: 5 }, { maxLength: 2 }, { maxNewTokens: 0 }]) {
-      const r = await tiny.generate(prompt, greedy(o));
-      expect(r.sequences).toEqual([{ text: '', tokens: [], finishReason: 'length' }]);
+  test('maxLength not above the prompt, or maxNewTokens 0: an OptionError, as HF raises', async () => {
+    for (const [o, name] of [[{ maxLength: 5 }, 'maxLength'], [{ maxLength: 2 }, 'maxLength'], [{ maxNewTokens: 0 }, 'maxNewTokens']] as const) {
+      const err = await tiny.generate(prompt, greedy(o)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OptionError);
+      expect((err as Error).message).toContain(name);
     }
+    // The checkpoint's max_length (50) is named as the limit a long prompt ran into.
+    const err = await tiny.generate(tokenSequence(60), greedy()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OptionError);
+    expect((err as Error).message).toMatch(/60 tokens.*checkpoint's max_length.*50/);
+    // And stream() the same, before any piece.
+    await expect(collect(tiny.stream(tokenSequence(60), greedy()))).rejects.toBeInstanceOf(OptionError);
+  });
+
+  test('maxLength is ignored when maxNewTokens is given, as in HF', async () => {
+    const r = await tiny.generate(prompt, greedy({ maxNewTokens: 3, maxLength: 500 }));
+    expect(r.sequences[0].tokens).toHaveLength(3);
   });
 
   test("without length options: the checkpoint's max_length (50, from task_specific_params)", async () => {
@@ -487,10 +543,16 @@ describe('lengths', () => {
     expect(r.sequences[0].tokens).toHaveLength(45);
   });
 
-  test('up to exactly n_positions', async () => {
+  test('up to n_positions + 1 tokens in all: the last one is sampled, never fed (as in HF)', async () => {
     const P = tiny.config.nPositions;
-    const r = await tiny.generate(prompt, greedy({ maxNewTokens: P - prompt.length }));
-    expect(r.sequences[0].tokens).toHaveLength(P - prompt.length);
+    const r = await tiny.generate(prompt, greedy({ maxNewTokens: P + 1 - prompt.length }));
+    expect(r.sequences[0].tokens).toHaveLength(P + 1 - prompt.length);
+    const full = tokenSequence(P, 4);
+    const one = await tiny.generate(full, greedy({ maxNewTokens: 1 }));
+    // The one token is the argmax of the last position's logits.
+    const logits = await tiny.logits(full);
+    expect(one.sequences[0].tokens).toEqual([argmax(row(logits, P - 1, V))]);
+    expect((await tiny.generate(full.slice(1), greedy({ maxLength: P + 1 }))).sequences[0].tokens).toHaveLength(2);
   });
 });
 
@@ -509,6 +571,28 @@ describe('eos and stop strings', () => {
     const chunks = await collect(tiny.stream(prompt, greedy({ maxNewTokens: 10, repetitionPenalty: penalty })));
     expect(chunks[chunks.length - 1].finishReason).toBe('eos');
     expect(chunks.flatMap((c) => c.tokens)).toEqual([EOS]);
+  });
+
+  test('eosTokenId (option, or generation_config.json as a number or a list) ends sequences, as in HF', async () => {
+    const prompt = tokenSequence(6, 9);
+    const plain = (await tiny.generate(prompt, greedy({ maxNewTokens: 6 }))).sequences[0].tokens;
+    const third = plain[2];
+    const cut = plain.indexOf(third) + 1;  // the first time it comes
+    const r = await tiny.generate(prompt, greedy({ maxNewTokens: 6, eosTokenId: [EOS, third] }));
+    expect(r.sequences[0]).toMatchObject({ tokens: plain.slice(0, cut), finishReason: 'eos' });
+    for (const eos of [third, [EOS, third]]) {
+      const dir = mutableCopy(tiny.dir, 'gen-config-eos');
+      replaceFile(dir, 'generation_config.json', JSON.stringify({ bos_token_id: EOS, eos_token_id: eos }));
+      const m = await loadModel(dir, { device: 'cpu' });
+      try {
+        const g = await m.generate(prompt, greedy({ maxNewTokens: 6 }));
+        expect(g.sequences[0]).toMatchObject({ tokens: plain.slice(0, cut), finishReason: 'eos' });
+        // The option wins over the checkpoint.
+        expect((await m.generate(prompt, greedy({ maxNewTokens: 6, eosTokenId: EOS }))).sequences[0].tokens).toEqual(plain);
+      } finally {
+        m.dispose();
+      }
+    }
   });
 
   test('sampled sequences that reach eos end there; the others run to full length', async () => {
@@ -937,12 +1021,14 @@ describe('dispose', () => {
 describe('option validation (OptionError, E_OPTION, the message names the option)', () => {
   const bad: [string, GenerateOptions | Record<string, unknown>, string][] = [
     ['NaN temperature', { temperature: NaN }, 'temperature'],
-    ['zero temperature', { temperature: 0 }, 'temperature'],
+    ['zero temperature when sampling', { temperature: 0, doSample: true }, 'temperature'],
+    ['negative temperature when greedy', { temperature: -1, doSample: false }, 'temperature'],
     ['negative maxNewTokens', { maxNewTokens: -1 }, 'maxNewTokens'],
     ['fractional maxNewTokens', { maxNewTokens: 2.5 }, 'maxNewTokens'],
     ['maxNewTokens above n_positions', { maxNewTokens: 129 }, 'maxNewTokens'],
+    ['maxNewTokens 0', { maxNewTokens: 0 }, 'maxNewTokens'],
     ['maxLength 0', { maxLength: 0 }, 'maxLength'],
-    ['maxLength above n_positions', { maxLength: 129 }, 'maxLength'],
+    ['maxLength above n_positions + 1', { maxLength: 130 }, 'maxLength'],
     ['topP above 1', { topP: 1.5 }, 'topP'],
     ['topP 0', { topP: 0 }, 'topP'],
     ['minP above 1', { minP: 1.5 }, 'minP'],
@@ -964,6 +1050,8 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     ['doSample not a boolean', { doSample: 'yes' }, 'doSample'],
     ['empty stop string', { stop: '' }, 'stop'],
     ['signal not an AbortSignal', { signal: {} }, 'signal'],
+    ['eosTokenId beyond the vocabulary', { eosTokenId: V }, 'eosTokenId'],
+    ['eosTokenId an empty list', { eosTokenId: [] }, 'eosTokenId'],
     ['unknown option', { temprature: 1 }, 'temprature'],
   ];
 
@@ -985,12 +1073,12 @@ describe('option validation (OptionError, E_OPTION, the message names the option
   });
 
   test('prompt + maxNewTokens beyond n_positions', async () => {
-    const err = await tiny.generate(tokenSequence(100), greedy({ maxNewTokens: 29 })).catch((e: unknown) => e);
+    const err = await tiny.generate(tokenSequence(100), greedy({ maxNewTokens: 30 })).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(OptionError);
     expect((err as Error).message).toMatch(/maxNewTokens/);
     expect((err as Error).message).toMatch(/n_positions=128/);
-    // exactly n_positions is fine (tested in 'lengths'); a prompt alone longer than it is not
-    await expect(tiny.generate(tokenSequence(129), greedy({ maxNewTokens: 0 }))).rejects.toBeInstanceOf(OptionError);
+    // n_positions + 1 is fine (tested in 'lengths'); a prompt alone longer than n_positions is not
+    await expect(tiny.generate(tokenSequence(129), greedy({ maxNewTokens: 1 }))).rejects.toBeInstanceOf(OptionError);
     await expect(tiny.logits(tokenSequence(129))).rejects.toThrow(/n_positions/);
   });
 
@@ -1015,9 +1103,45 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     expect((err as Error).message).toContain('topP');
   });
 
-  test('one bad prompt in a batch rejects the call, and the model still works', async () => {
-    await expect(tiny.generate(['ok', [V + 5]], greedy({ maxNewTokens: 2 }))).rejects.toBeInstanceOf(OptionError);
+  test('one bad prompt in a batch rejects the call before any prompt starts, and the model still works', async () => {
+    const good = Array.from({ length: 8 }, (_, i) => tokenSequence(4, i));
+    for (const bad of [[V + 5], [], tokenSequence(200)]) {
+      await expect(tiny.generate([...good, bad], greedy({ maxNewTokens: 40 }))).rejects.toBeInstanceOf(OptionError);
+      // Nothing was admitted: no prompt runs on in the background.
+      expect(tiny.kvStats()).toMatchObject({ reservedBlocks: 0, activeSequences: 0, queuedRequests: 0 });
+    }
     expect((await tiny.generate('ok', greedy({ maxNewTokens: 2 }))).sequences[0].tokens).toHaveLength(2);
+  });
+
+  test('signal: null is no signal; stream() checks its signal and takes one prompt', async () => {
+    const none = { signal: null } as unknown as GenerateOptions;
+    expect((await tiny.generate('x', greedy({ maxNewTokens: 2, ...none }))).sequences[0].tokens).toHaveLength(2);
+    expect(await collect(tiny.stream('x', greedy({ maxNewTokens: 2, ...none })))).not.toHaveLength(0);
+    const bad = { signal: {} } as unknown as GenerateOptions;
+    await expect(tiny.stream('x', greedy({ maxNewTokens: 2, ...bad })).next()).rejects.toThrow(/signal/);
+    const two = ['a', 'b'] as unknown as string;
+    await expect(tiny.stream(two, greedy({ maxNewTokens: 2 })).next()).rejects.toThrow(/one prompt/);
+  });
+
+  test('one signal shared by many prompts and calls: no listener-leak warning, all abort', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const ac = new AbortController();
+      const prompts = Array.from({ length: 30 }, (_, i) => tokenSequence(3, i));
+      const calls = [tiny.generate(prompts, greedy({ maxNewTokens: 100, signal: ac.signal }))];
+      for (let i = 0; i < 15; i++) calls.push(tiny.generate([prompts[i]], greedy({ maxNewTokens: 100, signal: ac.signal })));
+      // Aborted mid-run: from the 3rd piece of a stream that runs in the same batched steps.
+      let pieces = 0;
+      for await (const _ of tiny.stream('watch', greedy({ maxNewTokens: 100, signal: ac.signal }))) if (++pieces === 3) ac.abort();
+      const results = (await Promise.all(calls)).flat();
+      expect(results.every((r) => r.sequences[0].finishReason === 'abort')).toBe(true);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.filter((w) => w === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
   });
 });
 
