@@ -9,6 +9,7 @@
 // itself: a beam no successor comes from is released, a beam that several come from is forked
 // (the full blocks are shared, only the partial last one is copied), so no prefix is recomputed.
 import type { GeneratedSequence, GenerationContext, GenerationResult } from './generation';
+import { LlmcoreError, OptionError } from './errors';
 import { bannedTokens, firstStop, minNewTokensFor, planPrompt, promptResult } from './generation';
 import type { ResolvedOptions } from './options';
 import { LogitsMode, NOT_SAMPLED, type ActiveSequence } from './scheduler';
@@ -57,7 +58,11 @@ function stepLogits(ctx: GenerationContext, id: number, tokens: readonly number[
       banned: [],
       cancelled: false,
       onStep: (_sampled, rows, drained, logsumexp) => {
-        if (drained && rows && logsumexp) resolve({ logits: rows, logZ: logsumexp[0] });
+        if (!drained || !rows || !logsumexp) return;
+        // As the sampler does (E_INTERNAL): a NaN or inf logit makes the normaliser NaN or inf.
+        if (!Number.isFinite(logsumexp[0]))
+          return reject(new LlmcoreError('E_INTERNAL', '[beam search] logits are not finite (NaN or inf in the model output)'));
+        resolve({ logits: rows, logZ: logsumexp[0] });
       },
       onError: reject,
     };
@@ -154,6 +159,8 @@ export async function runBeamSearch(
         const banned = bannedTokens(promptTokens, b.tokens, minNew, opts);
         beamCandidates(rows[i], b, i, promptTokens.concat(b.tokens), banned, opts.repetitionPenalty, 2 * B, all);
       });
+      if (all.length === 0)
+        throw new OptionError('[generate] every token is banned (badWordsIds, noRepeatNgramSize or minNewTokens leave none to pick)');
       all.sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
       const candidates = all.slice(0, 2 * B);
       // How each candidate ends, if it does: eos, a stop string, or the length limit.

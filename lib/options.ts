@@ -89,15 +89,18 @@ const known: ReadonlySet<string> = new Set([
 
 const camel = (s: string) => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 
+// `name`: what the value is, 'option topK' or (from the checkpoint) "the checkpoint's top_k".
 function int(name: string, v: unknown, min: number, max: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
-    throw new OptionError(`[generate] option ${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
+    throw new OptionError(`[generate] ${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
   return v;
 }
 
+// The engine takes these as float32: a value that rounds out of range there (1e-50 > 0 is 0 in
+// float32) is refused here, where the message can name it.
 function num(name: string, v: unknown, ok: (x: number) => boolean, expected: string): number {
-  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v))
-    throw new OptionError(`[generate] option ${name} must be ${expected}, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v) || !ok(Math.fround(v)))
+    throw new OptionError(`[generate] ${name} must be ${expected}, got ${String(v)}`);
   return v;
 }
 
@@ -145,6 +148,11 @@ export function resolveOptions(
   }
   const pick = <K extends keyof GenerateOptions & keyof GenerationDefaults>(k: K) =>
     o[k] !== undefined ? o[k] : defaults[k];
+  // Which value is checked: the caller's option, or the checkpoint's default (generation_config.json
+  // or config.json's task_specific_params), named in the checkpoint's snake_case.
+  const snake = (k: string) => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+  const src = (k: keyof GenerateOptions & keyof GenerationDefaults) =>
+    o[k] === undefined && defaults[k] !== undefined ? `the checkpoint's ${snake(k)} (generation defaults)` : `option ${k}`;
   const P = config.nPositions;
   // Length: the caller's maxNewTokens, else the caller's maxLength, else the checkpoint's
   // max_new_tokens, else its max_length, else HF's default max_length of 20; the others are
@@ -153,20 +161,20 @@ export function resolveOptions(
   let maxNewTokens: number | undefined;
   let maxLength: number | undefined;
   let maxLengthFrom: ResolvedOptions['maxLengthFrom'] = 'option';
-  if (o.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', o.maxNewTokens, 1, P);
-  else if (o.maxLength !== undefined) maxLength = int('maxLength', o.maxLength, 1, P + 1);
-  else if (defaults.maxNewTokens !== undefined) maxNewTokens = int('maxNewTokens', defaults.maxNewTokens, 1, P);
+  if (o.maxNewTokens !== undefined) maxNewTokens = int('option maxNewTokens', o.maxNewTokens, 1, P);
+  else if (o.maxLength !== undefined) maxLength = int('option maxLength', o.maxLength, 1, P + 1);
+  else if (defaults.maxNewTokens !== undefined) maxNewTokens = int(src('maxNewTokens'), defaults.maxNewTokens, 1, P);
   else {
     maxLengthFrom = defaults.maxLength === undefined ? 'default' : 'checkpoint';
-    maxLength = Math.min(int('maxLength', defaults.maxLength ?? 20, 1, Number.MAX_SAFE_INTEGER), P + 1);
+    maxLength = Math.min(int(src('maxLength'), defaults.maxLength ?? 20, 1, Number.MAX_SAFE_INTEGER), P + 1);
   }
   // Beams: each step keeps the 2 * numBeams best (beam, token) pairs, so the vocabulary bounds them.
-  const numBeams = int('numBeams', pick('numBeams') ?? 1, 1, Math.min(256, Math.floor(config.vocabSize / 2)));
+  const numBeams = int(src('numBeams'), pick('numBeams') ?? 1, 1, Math.min(256, Math.floor(config.vocabSize / 2)));
   // A caller's numBeams wins over a checkpoint's do_sample (gpt2's comes from its sampling
   // pipeline's task_specific_params); doSample: true next to numBeams > 1 is refused below.
   const doSample = o.numBeams !== undefined && numBeams > 1 && o.doSample === undefined ? false : pick('doSample') ?? false;
   if (typeof doSample !== 'boolean') throw new OptionError(`[generate] option doSample must be a boolean`);
-  const n = o.numReturnSequences === undefined ? 1 : int('numReturnSequences', o.numReturnSequences, 1, 1024);
+  const n = o.numReturnSequences === undefined ? 1 : int('option numReturnSequences', o.numReturnSequences, 1, 1024);
   if (numBeams > 1 && doSample)
     throw new OptionError(`[generate] option numBeams=${numBeams} with doSample: true (beam sampling) is not supported; pass doSample: false`);
   if (numBeams > 1 && n > numBeams)
@@ -188,29 +196,29 @@ export function resolveOptions(
   const eosTokenIds = o.eosTokenId !== undefined ? eosIds(o.eosTokenId, config.vocabSize, 'option eosTokenId')
     : defaults.eosTokenId !== undefined ? eosIds(defaults.eosTokenId, config.vocabSize, "the checkpoint's eos_token_id")
     : [config.eosTokenId];
-  const seed = o.seed === undefined ? Math.floor(Math.random() * 2 ** 32) : int('seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
+  const seed = o.seed === undefined ? Math.floor(Math.random() * 2 ** 32) : int('option seed', o.seed, 0, Number.MAX_SAFE_INTEGER);
   // Sampling only: greedy ignores the temperature, as HF does (which only warns), so 0 is fine there.
-  const temperature = num('temperature', pick('temperature') ?? 1, (x) => (doSample ? x > 0 : x >= 0),
+  const temperature = num(src('temperature'), pick('temperature') ?? 1, (x) => (doSample ? x > 0 : x >= 0),
     doSample ? 'a number > 0' : 'a number >= 0');
   return {
     maxLength,
     maxLengthFrom,
     maxNewTokens,
-    minNewTokens: int('minNewTokens', pick('minNewTokens') ?? 0, 0, P),
-    minLength: int('minLength', pick('minLength') ?? 0, 0, P),
-    noRepeatNgramSize: int('noRepeatNgramSize', pick('noRepeatNgramSize') ?? 0, 0, P),
+    minNewTokens: int(src('minNewTokens'), pick('minNewTokens') ?? 0, 0, P),
+    minLength: int(src('minLength'), pick('minLength') ?? 0, 0, P),
+    noRepeatNgramSize: int(src('noRepeatNgramSize'), pick('noRepeatNgramSize') ?? 0, 0, P),
     badWordsIds: badWords(pick('badWordsIds'), config.vocabSize),
     numReturnSequences: n,
     numBeams,
-    lengthPenalty: num('lengthPenalty', pick('lengthPenalty') ?? 1, () => true, 'a finite number'),
+    lengthPenalty: num(src('lengthPenalty'), pick('lengthPenalty') ?? 1, () => true, 'a finite number'),
     earlyStopping,
     doSample,
     temperature,
-    topK: int('topK', pick('topK') ?? 50, 0, Number.MAX_SAFE_INTEGER),
-    topP: num('topP', pick('topP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
-    minP: num('minP', pick('minP') ?? 0, (x) => x >= 0 && x <= 1, 'a number in [0, 1]'),
-    typicalP: num('typicalP', pick('typicalP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
-    repetitionPenalty: num('repetitionPenalty', pick('repetitionPenalty') ?? 1, (x) => x > 0, 'a number > 0'),
+    topK: int(src('topK'), pick('topK') ?? 50, 0, Number.MAX_SAFE_INTEGER),
+    topP: num(src('topP'), pick('topP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
+    minP: num(src('minP'), pick('minP') ?? 0, (x) => x >= 0 && x <= 1, 'a number in [0, 1]'),
+    typicalP: num(src('typicalP'), pick('typicalP') ?? 1, (x) => x > 0 && x <= 1, 'a number in (0, 1]'),
+    repetitionPenalty: num(src('repetitionPenalty'), pick('repetitionPenalty') ?? 1, (x) => x > 0, 'a number > 0'),
     seed,
     eosTokenIds,
     stop,

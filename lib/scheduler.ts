@@ -174,7 +174,12 @@ export class Scheduler {
   }
 
   private submit(batch: Batch, req: NativeStepRequest, ahead: boolean): InFlight {
-    const result = this.engine.step(req);
+    let result: Promise<NativeStepResult>;
+    try {
+      result = this.engine.step(req);
+    } catch (err) {
+      result = Promise.reject(err);  // refused at once: fails this step's sequences as any step error does
+    }
     result.catch(() => undefined);  // handled where awaited; not awaited if the loop stops first
     return { batch, req, result, ahead };
   }

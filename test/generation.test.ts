@@ -920,6 +920,10 @@ describe('broken weights', () => {
       const logits = await m.logits(tokenSequence(5, 3));
       expect(Number.isNaN(logits[7])).toBe(true);
       expect(Number.isFinite(logits[8])).toBe(true);
+      // beam search too (it ranks log-probabilities in JS): the error, not NaN scores
+      const beams = await rejection(m.generate(tokenSequence(5, 3), greedy({ maxNewTokens: 2, numBeams: 2 })));
+      expect((beams as LlmcoreError).code).toBe('E_INTERNAL');
+      expect((beams as Error).message).toMatch(/not finite/);
     } finally {
       m.dispose();
     }
@@ -1038,6 +1042,8 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     ['negative topK', { topK: -1 }, 'topK'],
     ['repetitionPenalty 0', { repetitionPenalty: 0 }, 'repetitionPenalty'],
     ['NaN repetitionPenalty', { repetitionPenalty: NaN }, 'repetitionPenalty'],
+    ['repetitionPenalty 0 in float32', { repetitionPenalty: 1e-300 }, 'repetitionPenalty'],
+    ['topP 0 in float32', { doSample: true, topP: 1e-50 }, 'topP'],
     ['negative seed', { seed: -1 }, 'seed'],
     ['negative minNewTokens', { minNewTokens: -1 }, 'minNewTokens'],
     ['minLength above n_positions', { minLength: 129 }, 'minLength'],
@@ -1061,6 +1067,29 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     expect(err).toBeInstanceOf(OptionError);
     expect((err as OptionError).code).toBe('E_OPTION');
     expect((err as Error).message).toContain(name);
+  });
+
+  test("a bad default from the checkpoint is named as the checkpoint's, in its own spelling", async () => {
+    const dir = mutableCopy(tiny.dir, 'bad-gen-config');
+    replaceFile(dir, 'generation_config.json', JSON.stringify({ eos_token_id: 50256, top_k: -1, repetition_penalty: 1e-300 }));
+    const m = await loadModel(dir, { device: 'cpu' });
+    try {
+      await expect(m.generate('x', { maxNewTokens: 1 })).rejects.toThrow(/the checkpoint's top_k/);
+      await expect(m.generate('x', { maxNewTokens: 1, topK: 5 })).rejects.toThrow(/the checkpoint's repetition_penalty/);
+      expect((await m.generate('x', { maxNewTokens: 1, topK: 5, repetitionPenalty: 1 })).sequences[0].tokens).toHaveLength(1);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  test('bans that leave no token are an OptionError, greedy, sampled or with beams', async () => {
+    const everything = { badWordsIds: Array.from({ length: V }, (_, i) => [i]) };
+    for (const o of [greedy(everything), { doSample: true, ...everything }, greedy({ ...everything, numBeams: 2 })]) {
+      const err = await tiny.generate('x', { maxNewTokens: 2, ...o }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(OptionError);
+      expect((err as Error).message).toMatch(/every token is banned/);
+    }
+    expect((await tiny.generate('x', greedy({ maxNewTokens: 2 }))).sequences[0].tokens).toHaveLength(2);
   });
 
   test('snake_case option names get a camelCase hint', async () => {

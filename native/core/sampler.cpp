@@ -43,7 +43,8 @@ static bool higher(const std::pair<float, int32_t>& a, const std::pair<float, in
 // The first index of the largest logit. Two passes, because one with a running index is a
 // dependent compare chain (~3 cycles a logit, 0.8 ms of a batch-32 greedy step): the max in 8
 // independent lanes (vectorized), then the first position holding it. A NaN anywhere, or a
-// largest value of +-inf, is an error: the model output is broken.
+// largest value of +inf, is an error: the model output is broken. All -inf: -1 (the caller
+// tells bans that leave nothing from a broken output).
 static int32_t argmax(const float* x, int64_t n) {
   int64_t i = 0;
   float m = -INFINITY;
@@ -67,6 +68,7 @@ static int32_t argmax(const float* x, int64_t n) {
     nan |= x[i] != x[i];
     m = x[i] > m ? x[i] : m;
   }
+  if (!nan && m == -INFINITY) return -1;
   if (nan || !std::isfinite(m))
     throw Error(E_INTERNAL, "[sampler] logits are not finite (NaN or inf in the model output)");
   i = 0;
@@ -89,6 +91,12 @@ int32_t Sampler::pick(float* logits, int64_t V, const SamplingParams& p,
   for (int32_t t : p.banned)
     if (t >= 0 && t < V) logits[t] = -INFINITY;
   const int32_t best = argmax(logits, V);
+  if (best < 0) {
+    if (!p.banned.empty())
+      throw Error(E_OPTION, "[sampler] every token is banned (badWordsIds, noRepeatNgramSize or minNewTokens leave none "
+                            "to pick)");
+    throw Error(E_INTERNAL, "[sampler] logits are not finite (NaN or inf in the model output)");
+  }
   if (!p.do_sample) return best;
 
   const float inv_t = 1.0f / p.temperature;
