@@ -69,10 +69,13 @@ async function readJson(file: string, what: string): Promise<Json | undefined> {
   return value as Json;
 }
 
+// Sizes beyond int32 are no model anyone can run, and the engine counts in int64 products of them.
+const MAX_SIZE = 2 ** 31 - 1;
+
 function positiveInt(cfg: Json, key: string, file: string, fallback?: number): number {
   const v = cfg[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0)
-    throw new ModelFormatError(`[config] ${file}: "${key}" must be a positive integer, got ${JSON.stringify(cfg[key])}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0 || v > MAX_SIZE)
+    throw new ModelFormatError(`[config] ${file}: "${key}" must be a positive integer up to ${MAX_SIZE}, got ${JSON.stringify(cfg[key])}`);
   return v;
 }
 
@@ -163,9 +166,10 @@ async function findWeightFiles(dir: string): Promise<string[]> {
     if (typeof map !== 'object' || map === null)
       throw new ModelFormatError(`[model] ${index}: missing "weight_map" object`);
     const files = [...new Set(Object.values(map as Json))];
+    if (files.length === 0) throw new ModelFormatError(`[model] ${index}: "weight_map" is empty (no tensor names a file)`);
     for (const f of files)
-      if (typeof f !== 'string' || f.includes('/') || f.includes('\\'))
-        throw new ModelFormatError(`[model] ${index}: weight_map value ${JSON.stringify(f)} is not a file name`);
+      if (typeof f !== 'string' || f === '' || f === '.' || f === '..' || /[/\\\0]/.test(f))
+        throw new ModelFormatError(`[model] ${index}: weight_map value ${JSON.stringify(f)} is not a file name in the checkpoint folder`);
     return (files as string[]).sort().map((f) => path.join(dir, f));
   }
   const hint = (await exists(path.join(dir, 'pytorch_model.bin')))

@@ -245,6 +245,7 @@ export class Model {
   async logits(tokenIds: number[]): Promise<Float32Array> {
     this.checkAlive();
     if (!Array.isArray(tokenIds) || tokenIds.length === 0) throw new OptionError('[logits] tokenIds must be a non-empty array');
+    tokenIds = tokenIds.slice();  // checked now, fed later: the caller may change its array meanwhile
     checkTokenIds(tokenIds, this.config, 'logits');
     if (tokenIds.length > this.config.nPositions)
       throw new OptionError(`[logits] ${tokenIds.length} tokens exceed the model's n_positions=${this.config.nPositions}`);

@@ -1,6 +1,6 @@
 // GPT-2 byte-level BPE tokenizer: loads a Hugging Face model directory and wraps
 // @huggingface/tokenizers, plus a streaming decoder that never splits a UTF-8 character.
-import { ModelFormatError } from './errors';
+import { ModelFormatError, OptionError } from './errors';
 import { promises as fs } from 'fs';
 import * as path from 'path';
 import { Tokenizer } from '@huggingface/tokenizers';
@@ -141,12 +141,17 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
+// Token ids are array indices here (and int32 in the engine); no real vocabulary comes near this.
+const MAX_TOKEN_ID = 2 ** 24;
+const validId = (id: unknown): id is number => typeof id === 'number' && Number.isInteger(id) && id >= 0 && id < MAX_TOKEN_ID;
+
 function checkVocab(value: unknown, file: string): Record<string, number> {
   if (!isObject(value)) throw formatError(`${file}: vocabulary must be a JSON object of token -> id`);
   const seen = new Set<number>();
   for (const [token, id] of Object.entries(value)) {
-    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) {
-      throw formatError(`${file}: token ${JSON.stringify(token)} has invalid id ${JSON.stringify(id)}`);
+    if (!validId(id)) {
+      throw formatError(`${file}: token ${JSON.stringify(token)} has invalid id ${JSON.stringify(id)} ` +
+        `(expected an integer in [0, ${MAX_TOKEN_ID}))`);
     }
     if (seen.has(id)) throw formatError(`${file}: id ${id} is used by more than one token`);
     seen.add(id);
@@ -160,15 +165,26 @@ function checkTokenizerJson(value: unknown, file: string): TokenizerJson {
   if (model.type !== undefined && model.type !== 'BPE') throw formatError(`${file}: model type ${String(model.type)} is not BPE`);
   checkVocab(model.vocab, `${file} (model.vocab)`);
   if (!Array.isArray(model.merges)) throw formatError(`${file}: model.merges must be an array`);
+  // "left right" strings, or [left, right] pairs (the newer tokenizers format)
+  const badMerge = model.merges.findIndex((m: unknown) => !(typeof m === 'string' && m.split(' ').length === 2) &&
+    !(Array.isArray(m) && m.length === 2 && m.every((x) => typeof x === 'string')));
+  if (badMerge >= 0)
+    throw formatError(`${file}: model.merges[${badMerge}] is ${JSON.stringify(model.merges[badMerge])}, not a "left right" merge or a [left, right] pair`);
   if (!isObject(value.decoder) || value.decoder.type !== 'ByteLevel') {
     throw formatError(`${file}: decoder must be ByteLevel (GPT-2 byte-level BPE)`);
   }
   if (value.added_tokens !== undefined && !Array.isArray(value.added_tokens)) {
     throw formatError(`${file}: added_tokens must be an array`);
   }
+  ((value.added_tokens as unknown[] | undefined) ?? []).forEach((t, i) => checkAddedToken(t, `${file}: added_tokens[${i}]`));
   // Optional in the format, but the wrapped library insists on every stage key.
   const stages = { normalizer: null, pre_tokenizer: null, post_processor: null };
   return { ...stages, ...value, added_tokens: (value.added_tokens as AddedTokenJson[] | undefined) ?? [] } as TokenizerJson;
+}
+
+function checkAddedToken(t: unknown, what: string): void {
+  if (!isObject(t) || !validId(t.id) || typeof t.content !== 'string' || t.content === '')
+    throw formatError(`${what} is ${JSON.stringify(t)}: expected {"id": an integer in [0, ${MAX_TOKEN_ID}), "content": a non-empty string, ...}`);
 }
 
 function tokenContent(spec: TokenSpec | undefined): string | undefined {
@@ -244,8 +260,16 @@ export class Gpt2Tokenizer {
     const mergesText = await readOptionalText(mergesFile);
     if (mergesText === undefined) throw formatError(`${mergesFile}: missing (vocab.json needs merges.txt)`);
     const merges = parseMerges(mergesText, mergesFile);
-    const addedTokens = config.added_tokens_decoder
-      ? Object.entries(config.added_tokens_decoder).map(([id, token]) => ({ ...token, id: Number(id) }))
+    const decoderTokens = config.added_tokens_decoder;
+    if (decoderTokens !== undefined && !isObject(decoderTokens))
+      throw formatError(`${configFile}: added_tokens_decoder must be an object of id -> token`);
+    const addedTokens = decoderTokens
+      ? Object.entries(decoderTokens).map(([id, token]) => {
+        // the key is the id (a decimal string)
+        const added = { ...(isObject(token) ? token : { content: token }), id: /^\d+$/.test(id) ? Number(id) : NaN };
+        checkAddedToken(added, `${configFile}: added_tokens_decoder[${JSON.stringify(id)}]`);
+        return added as AddedTokenJson;
+      })
       : undefined;
     const json = buildGpt2TokenizerJson(vocab, merges, { addPrefixSpace: config.add_prefix_space, addedTokens });
     return new Gpt2Tokenizer(json, config, vocabFile);
@@ -256,7 +280,7 @@ export class Gpt2Tokenizer {
    * "<|endoftext|>" in the text is the special token and encodes to its id (50256).
    */
   encode(text: string): number[] {
-    if (typeof text !== 'string') throw new TypeError('[tokenizer] encode expects a string');
+    if (typeof text !== 'string') throw new OptionError(`[tokenizer] encode expects a string, got ${typeof text}`);
     return this.hf.encode(text, { add_special_tokens: false }).ids;
   }
 
@@ -304,7 +328,7 @@ export class Gpt2Tokenizer {
 
   private checkId(id: number): number {
     if (!Number.isInteger(id) || id < 0) {
-      throw new RangeError(`[tokenizer] token id ${id} is not a non-negative integer`);
+      throw new OptionError(`[tokenizer] token id ${String(id)} is not a non-negative integer`);
     }
     return id;
   }

@@ -106,6 +106,8 @@ describe('directory and config.json', () => {
     ['vocab_size a string', { vocab_size: '50257' }, ['"vocab_size"']],
     ['layer_norm_epsilon 0', { layer_norm_epsilon: 0 }, ['layer_norm_epsilon']],
     ['eos_token_id past vocab_size', { eos_token_id: 60000 }, ['eos_token_id']],
+    ['n_embd 1e300 (an integer to JS, no size to anyone)', { n_embd: 1e300 }, ['"n_embd"', 'up to']],
+    ['n_positions 2^31', { n_positions: 2 ** 31 }, ['"n_positions"']],
     ['architectures without GPT2LMHeadModel', { architectures: ['GPT2Model2'] }, ['architectures']],
     ['scale_attn_by_inverse_layer_idx true', { scale_attn_by_inverse_layer_idx: true }, ['scale_attn_by_inverse_layer_idx']],
   ])('%s', async (label, patch, contains) => {
@@ -162,6 +164,28 @@ describe('weight and tokenizer files', () => {
     removeFile(dir, 'tokenizer.json');
     removeFile(dir, 'merges.txt');
     await expectLoadError('no merges', dir, 'E_MODEL_FORMAT', [path.join(dir, 'merges.txt')]);
+  });
+
+  test.each([
+    ['a vocab id past 2^24 (not an index)', (t: Record<string, any>) => { t.model.vocab.hello = 2 ** 32; }, ['"hello"', '4294967296']],
+    ['a vocab id that is a string', (t: Record<string, any>) => { t.model.vocab.hello = '7'; }, ['"hello"']],
+    ['an added token that is null', (t: Record<string, any>) => { t.added_tokens = [null]; }, ['added_tokens[0]']],
+    ['an added token whose id is a string', (t: Record<string, any>) => { t.added_tokens[0].id = 'abc'; }, ['added_tokens[0]']],
+    ['merges that are numbers', (t: Record<string, any>) => { t.model.merges = [1, 2, 3]; }, ['model.merges[0]']],
+  ])('tokenizer.json with %s', async (label, patch, contains) => {
+    const dir = mutableCopy(good);
+    const t = readJsonFile(dir, 'tokenizer.json') as Record<string, any>;
+    patch(t);
+    replaceFile(dir, 'tokenizer.json', JSON.stringify(t));
+    await expectLoadError(label, dir, 'E_MODEL_FORMAT', [path.join(dir, 'tokenizer.json'), ...contains]);
+  });
+
+  test('tokenizer_config.json with a null added_tokens_decoder entry (vocab.json + merges.txt)', async () => {
+    const dir = mutableCopy(good);
+    removeFile(dir, 'tokenizer.json');
+    const c = readJsonFile(dir, 'tokenizer_config.json') as Record<string, unknown>;
+    replaceFile(dir, 'tokenizer_config.json', JSON.stringify({ ...c, added_tokens_decoder: { 50256: null } }));
+    await expectLoadError('null added token', dir, 'E_MODEL_FORMAT', [path.join(dir, 'tokenizer_config.json'), 'added_tokens_decoder["50256"]']);
   });
 
   test('vocab.json + merges.txt alone (no tokenizer.json) is enough', async () => {
@@ -405,6 +429,14 @@ describe('sharded checkpoints (model.safetensors.index.json)', () => {
     await expectLoadError('bad weight_map', dir, 'E_MODEL_FORMAT', ['model.safetensors.index.json', 'weight_map']);
     replaceFile(dir, 'model.safetensors.index.json', JSON.stringify({ weight_map: { 'wte.weight': '../x.safetensors' } }));
     await expectLoadError('path in weight_map', dir, 'E_MODEL_FORMAT', ['model.safetensors.index.json', '../x.safetensors']);
+    // names that are no file of the folder: the folder itself, its parent, nothing, or a NUL
+    // that would cut the name short in C++
+    for (const name of ['..', '.', '', 'model-00001-of-00002.safetensors\u0000junk']) {
+      replaceFile(dir, 'model.safetensors.index.json', JSON.stringify({ weight_map: { 'wte.weight': name } }));
+      await expectLoadError(`weight_map ${JSON.stringify(name)}`, dir, 'E_MODEL_FORMAT', ['model.safetensors.index.json', 'not a file name']);
+    }
+    replaceFile(dir, 'model.safetensors.index.json', JSON.stringify({ weight_map: {} }));
+    await expectLoadError('empty weight_map', dir, 'E_MODEL_FORMAT', ['model.safetensors.index.json', 'empty']);
   });
 });
 

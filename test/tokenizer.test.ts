@@ -4,6 +4,7 @@ import * as path from 'path';
 import { encode as r50kEncode } from 'gpt-tokenizer/cjs/encoding/r50k_base';
 import { createRandomCheckpoint } from '../lib/checkpoint';
 import { bytesToUnicode, Gpt2Tokenizer } from '../lib/tokenizer';
+import { OptionError } from '../lib/errors';
 
 // U+0085 and U+FEFF are left out on purpose: JS regex \s disagrees with the Rust/Python
 // regex engines on them, so no JS tokenizer (this one or the peer) can be the judge there.
@@ -87,8 +88,8 @@ describe('decode', () => {
   test('accepts typed arrays; ids past the vocabulary decode to nothing (as in HF); rejects non-ids', () => {
     expect(fast.decode(Int32Array.from([15496, 11, 995]))).toBe('Hello, world');
     expect(fast.decode([464, 50257, 3797])).toBe(fast.decode([464, 3797]));
-    expect(() => fast.decode([-1])).toThrow(RangeError);
-    expect(() => fast.decode([1.5])).toThrow(RangeError);
+    expect(() => fast.decode([-1])).toThrow(OptionError);
+    expect(() => fast.decode([1.5])).toThrow(OptionError);
   });
 
   test('spaces before punctuation are kept (no clean-up)', () => {
@@ -193,7 +194,7 @@ describe('stream decoder', () => {
 
   test('ids past the vocabulary stream as nothing; non-ids are rejected', () => {
     expect(fast.createStreamDecoder().push(60000)).toBe('');
-    expect(() => fast.createStreamDecoder().push(-1)).toThrow(RangeError);
+    expect(() => fast.createStreamDecoder().push(-1)).toThrow(OptionError);
   });
 });
 

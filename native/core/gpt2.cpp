@@ -11,12 +11,6 @@ namespace llmcore {
 
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); i++) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 // All tensors of a checkpoint (one or more safetensors files) by name, and which were used.
 class TensorSet {
  public:

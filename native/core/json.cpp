@@ -16,8 +16,9 @@ constexpr int kMaxDepth = 64;
 
 class JsonParser {
  public:
-  JsonParser(const char* text, size_t size, const std::string& what)
-      : begin_(reinterpret_cast<const uint8_t*>(text)), p_(begin_), end_(begin_ + size), what_(what) {}
+  JsonParser(const char* text, size_t size, const std::string& what, size_t max_values)
+      : begin_(reinterpret_cast<const uint8_t*>(text)), p_(begin_), end_(begin_ + size), what_(what),
+        max_values_(max_values), values_left_(max_values) {}
 
   JsonValue parse_document() {
     skip_ws();
@@ -32,6 +33,8 @@ class JsonParser {
   const uint8_t* p_;
   const uint8_t* end_;
   const std::string& what_;
+  const size_t max_values_;
+  size_t values_left_;
 
   [[noreturn]] void fail(const std::string& reason) const { fail_at(p_, reason); }
   [[noreturn]] void fail_at(const uint8_t* at, const std::string& reason) const {
@@ -62,6 +65,7 @@ class JsonParser {
 
   JsonValue parse_value(int depth) {
     if (p_ == end_) fail("unexpected end of input, expected a value");
+    if (values_left_-- == 0) fail("more than " + std::to_string(max_values_) + " values");
     JsonValue v;
     switch (*p_) {
       case '{': return parse_object(depth + 1);
@@ -297,8 +301,8 @@ class JsonParser {
   }
 };
 
-JsonValue parse_json(const char* text, size_t size, const std::string& what) {
-  return JsonParser(text, size, what).parse_document();
+JsonValue parse_json(const char* text, size_t size, const std::string& what, size_t max_values) {
+  return JsonParser(text, size, what, max_values).parse_document();
 }
 
 const JsonValue* JsonValue::find(const std::string& key) const {

@@ -1,6 +1,7 @@
 // A small strict JSON reader (RFC 8259) for safetensors headers. Rejects trailing garbage,
 // nesting deeper than 64, invalid escapes and invalid UTF-8, and duplicate object keys.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -48,7 +49,8 @@ class JsonValue {
 };
 
 // Parses `text` (exactly `size` bytes). On failure throws llmcore::Error(E_MODEL_FORMAT,
-// "<what>: invalid JSON at byte N: <reason>") where <what> names the document.
-JsonValue parse_json(const char* text, size_t size, const std::string& what);
+// "<what>: invalid JSON at byte N: <reason>") where <what> names the document. A document of
+// more than `max_values` values (each string, number, array, ... counts one) is refused.
+JsonValue parse_json(const char* text, size_t size, const std::string& what, size_t max_values = SIZE_MAX);
 
 }  // namespace llmcore

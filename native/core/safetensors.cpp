@@ -19,6 +19,12 @@ namespace llmcore {
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // the reference implementation's limit
+// A real header holds about 8 JSON values per tensor (gpt2: ~1200 in all); 1M values are 130k
+// tensors. Bounded so that a hostile 100 MB header of tiny values cannot make the parser
+// allocate gigabytes (~110 bytes a value: at most ~120 MB here). Shapes of more dimensions than
+// any framework makes are refused too.
+constexpr size_t kMaxHeaderValues = size_t(1) << 20;
+constexpr size_t kMaxRank = 16;
 constexpr const char* kReadable = "llmcore reads F32, F16, BF16";
 
 [[noreturn]] void format_error(const std::string& path, const std::string& msg) {
@@ -62,12 +68,6 @@ std::string describe(const JsonValue& v) {
   if (v.is_integer()) return std::to_string(v.as_int());
   if (v.is_number()) return "the non-integer number " + std::to_string(v.as_number());
   return std::string("a ") + v.kind_name();
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
 }
 
 struct Range {
@@ -125,7 +125,7 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   const uint64_t data_size = file_size - 8 - header_len;
 
   const JsonValue header = parse_json(reinterpret_cast<const char*>(base + 8), size_t(header_len),
-                                      "[safetensors] " + path + ": header");
+                                      "[safetensors] " + path + ": header", kMaxHeaderValues);
   if (!header.is_object())
     format_error(path, std::string("header is a JSON ") + header.kind_name() + ", expected an object");
 
@@ -169,6 +169,9 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
 
     if (!shape_v->is_array())
       format_error(path, tensor + " shape is a " + shape_v->kind_name() + ", expected an array");
+    if (shape_v->items().size() > kMaxRank)
+      format_error(path, tensor + " shape has " + std::to_string(shape_v->items().size()) + " dimensions, at most " +
+                             std::to_string(kMaxRank) + " are supported");
     std::vector<int64_t> shape;
     // Product of the non-zero dims must fit int64 so TensorInfo::numel() cannot overflow.
     uint64_t nonzero_product = 1;
@@ -247,6 +250,14 @@ SafetensorsFile::~SafetensorsFile() {
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  const size_t shown = std::min<size_t>(shape.size(), 8);
+  for (size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  if (shown < shape.size()) s += ", ... (" + std::to_string(shape.size()) + " dims)";
+  return s + "]";
 }
 
 }  // namespace llmcore

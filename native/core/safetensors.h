@@ -27,6 +27,10 @@ struct TensorInfo {
   }
 };
 
+// "[50257, 768]" for messages; past 8 dimensions, "[d0, ..., d7, ... (n dims)]" (headers are
+// the user's input: a message must not grow with them).
+std::string shape_str(const std::vector<int64_t>& shape);
+
 class SafetensorsFile {
  public:
   // Maps and validates `path`. Throws Error(E_IO) when the file cannot be opened or mapped and

@@ -244,6 +244,20 @@ static void safetensors_cases() {
   st_err("header length 0", le64(0) + "{}", "header length is 0");
   st_err("header length over 100 MiB", le64((100ull << 20) + 1) + "{}", "exceeds the limit");
   st_err("header length 2^64-1", le64(~0ull) + "{}", "exceeds the limit");
+  // A header of more values than any checkpoint has (a 2 MB array of zeros, 1M values):
+  // refused while parsing, before it costs ~110 bytes a value.
+  {
+    std::string many = "{\"x\":{\"dtype\":\"F32\",\"shape\":[";
+    for (size_t i = 0; i < (size_t(1) << 20); ++i) many += "0,";
+    many += "0],\"data_offsets\":[0,0]}}";
+    st_err("a header of 1M values", st_bytes(many, ""), "more than 1048576 values");
+  }
+  {
+    std::string rank17 = "[";
+    for (int i = 0; i < 17; ++i) rank17 += i ? ",1" : "1";
+    st_err("a shape of 17 dimensions", st_bytes(one("x", R"({"dtype":"F32","shape":)" + rank17 + R"(],"data_offsets":[0,4]})"), std::string(4, '\0')),
+           "shape has 17 dimensions, at most 16");
+  }
   st_err("header length past EOF", le64(50) + "{}", "header length 50 exceeds file size 10");
   st_err("header length 1 past EOF", le64(3) + "{}", "header length 3 exceeds file size 10");
 
