@@ -106,8 +106,9 @@ export function parseConfig(cfg: Json, file: string): ModelConfig {
   if (nEmbd % nHead !== 0)
     throw new ModelFormatError(`[config] ${file}: n_embd=${nEmbd} is not divisible by n_head=${nHead}`);
   const eps = cfg.layer_norm_epsilon ?? 1e-5;
-  if (typeof eps !== 'number' || !(eps > 0) || !Number.isFinite(eps))
-    throw new ModelFormatError(`[config] ${file}: "layer_norm_epsilon" must be a positive number`);
+  // The engine keeps it as float32: 1e-300 would be 0 there, 1e300 inf.
+  if (typeof eps !== 'number' || !(Math.fround(eps) > 0) || !Number.isFinite(Math.fround(eps)))
+    throw new ModelFormatError(`[config] ${file}: "layer_norm_epsilon" must be a positive number within float32's range, got ${JSON.stringify(eps)}`);
   const tie = cfg.tie_word_embeddings ?? true;
   if (typeof tie !== 'boolean') throw new ModelFormatError(`[config] ${file}: "tie_word_embeddings" must be a boolean`);
   const vocabSize = positiveInt(cfg, 'vocab_size', file);

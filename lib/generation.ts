@@ -142,6 +142,10 @@ export function bannedTokens(prompt: readonly number[], gen: readonly number[], 
   return banned;
 }
 
+const leavesNoToken = (banned: readonly number[], vocabSize: number) =>
+  banned.length >= vocabSize && new Set(banned).size >= vocabSize;
+const ALL_BANNED = '[generate] every token is banned (badWordsIds, noRepeatNgramSize or minNewTokens leave none to pick)';
+
 /** HF min_new_tokens and min_length (prompt included) both hold eos back; at most the budget. */
 export function minNewTokensFor(opts: ResolvedOptions, promptLength: number, budget: number): number {
   return Math.min(budget, Math.max(opts.minNewTokens, opts.minLength - promptLength));
@@ -213,6 +217,8 @@ class SequenceRun implements ActiveSequence {
       }
     }
     if (this.out.tokens.length >= this.budget) return this.finish('length');
+    // Failed here, the one sequence fails; in the engine it would fail its whole step.
+    if (leavesNoToken(this.banned, this.ctx.config.vocabSize)) return this.onError(new OptionError(ALL_BANNED));
     this.emit(false);
     this.pending.push(token);
   }
@@ -224,7 +230,8 @@ class SequenceRun implements ActiveSequence {
     const after = this.out.tokens.length + 1;  // generated once the step in flight is in
     if (after >= this.budget) return null;     // its token is the last: nothing is fed after it
     // What is left depends only on how many tokens there are, not on which.
-    return bannedTokens(this.prompt, new Array<number>(after).fill(0), this.minNewTokens, this.opts);
+    const bans = bannedTokens(this.prompt, new Array<number>(after).fill(0), this.minNewTokens, this.opts);
+    return leavesNoToken(bans, this.ctx.config.vocabSize) ? null : bans;
   }
 
   onForked(ids: Int32Array, sampled: Int32Array): void {
@@ -352,6 +359,8 @@ export function planPrompt(ctx: GenerationContext, promptTokens: number[], opts:
   if (P === 0) throw new OptionError('[generate] the prompt is empty (no tokens)');
   checkTokenIds(promptTokens, ctx.config, 'generate');
   const budget = newTokenBudget(opts, P, ctx.config);
+  if (leavesNoToken(bannedTokens(promptTokens, [], minNewTokensFor(opts, P, budget), opts), ctx.config.vocabSize))
+    throw new OptionError(ALL_BANNED);
   const beams = opts.numBeams > 1;
   const seqs = beams ? opts.numBeams : opts.numReturnSequences;
   const blocks = ctx.admission.blocksFor(beams ? P - 1 : P, P + budget - 1, seqs);

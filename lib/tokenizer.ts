@@ -228,6 +228,11 @@ export class Gpt2Tokenizer {
       this.addedById.set(added.id, added);
     }
     this.vocabSize = this.idToTokenTable.length;
+    // Byte-level BPE spells any text with its 256 byte tokens; without one, some text has no tokens.
+    const missing = bytesToUnicode().findIndex((ch) => json.model.vocab[ch] === undefined);
+    if (missing >= 0)
+      throw formatError(`${source}: the vocabulary lacks the byte-level token ${JSON.stringify(bytesToUnicode()[missing])} ` +
+        `(byte 0x${missing.toString(16).padStart(2, '0')}); a GPT-2 vocabulary holds all 256`);
     this.bytesCache = new Array<Uint8Array | undefined>(this.vocabSize);
     // Unset means GPT-2's default (<|endoftext|>); an explicit null means there is none.
     const idOf = (spec: TokenSpec | null | undefined): number | null =>

@@ -1092,6 +1092,18 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     expect((await tiny.generate('x', greedy({ maxNewTokens: 2 }))).sequences[0].tokens).toHaveLength(2);
   });
 
+  test('bans that leave no token mid-run fail that call only, not the others in its steps', async () => {
+    const prompt = tokenSequence(4, 2);
+    const g = (await tiny.generate(prompt, greedy({ maxNewTokens: 1 }))).sequences[0].tokens[0];
+    const trap = { badWordsIds: Array.from({ length: V }, (_, t) => [g, t]) };  // nothing may follow g
+    const other = tiny.generate(tokenSequence(4, 3), greedy({ maxNewTokens: 6 }));
+    const err = await tiny.generate(prompt, greedy({ maxNewTokens: 4, ...trap })).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OptionError);
+    expect((err as Error).message).toMatch(/every token is banned/);
+    expect((await other).sequences[0].tokens).toHaveLength(6);
+    await settlesTo(() => tiny.kvStats().activeSequences, 0);
+  });
+
   test('snake_case option names get a camelCase hint', async () => {
     for (const [snake, camel] of [['max_length', 'maxLength'], ['max_new_tokens', 'maxNewTokens'], ['top_p', 'topP'], ['repetition_penalty', 'repetitionPenalty']]) {
       const err = await tiny.generate('x', { [snake]: 5 } as GenerateOptions).catch((e: unknown) => e);

@@ -108,6 +108,8 @@ describe('directory and config.json', () => {
     ['eos_token_id past vocab_size', { eos_token_id: 60000 }, ['eos_token_id']],
     ['n_embd 1e300 (an integer to JS, no size to anyone)', { n_embd: 1e300 }, ['"n_embd"', 'up to']],
     ['n_positions 2^31', { n_positions: 2 ** 31 }, ['"n_positions"']],
+    ['layer_norm_epsilon 1e-300 (0 in float32)', { layer_norm_epsilon: 1e-300 }, ['layer_norm_epsilon']],
+    ['layer_norm_epsilon 1e300 (inf in float32)', { layer_norm_epsilon: 1e300 }, ['layer_norm_epsilon']],
     ['architectures without GPT2LMHeadModel', { architectures: ['GPT2Model2'] }, ['architectures']],
     ['scale_attn_by_inverse_layer_idx true', { scale_attn_by_inverse_layer_idx: true }, ['scale_attn_by_inverse_layer_idx']],
   ])('%s', async (label, patch, contains) => {
@@ -172,6 +174,7 @@ describe('weight and tokenizer files', () => {
     ['an added token that is null', (t: Record<string, any>) => { t.added_tokens = [null]; }, ['added_tokens[0]']],
     ['an added token whose id is a string', (t: Record<string, any>) => { t.added_tokens[0].id = 'abc'; }, ['added_tokens[0]']],
     ['merges that are numbers', (t: Record<string, any>) => { t.model.merges = [1, 2, 3]; }, ['model.merges[0]']],
+    ['no byte-level token for byte 0x21', (t: Record<string, any>) => { delete t.model.vocab['!']; }, ['"!"', '0x21']],
   ])('tokenizer.json with %s', async (label, patch, contains) => {
     const dir = mutableCopy(good);
     const t = readJsonFile(dir, 'tokenizer.json') as Record<string, any>;
