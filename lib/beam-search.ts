@@ -167,7 +167,8 @@ export async function runBeamSearch(
       const endings = candidates.map((c): Hypothesis | null => {
         const tokens = beams[c.beam].tokens.concat(c.token);
         const score = c.sum / newTokens ** lengthPenalty;
-        if (opts.eosTokenIds.includes(c.token)) return { tokens, score, text: decode(tokens), reason: 'eos' };
+        // The text leaves the eos token out (special or not), as without beams.
+        if (opts.eosTokenIds.includes(c.token)) return { tokens, score, text: decode(tokens.slice(0, -1)), reason: 'eos' };
         // A stop string ends a candidate as eos does (HF's StopStringCriteria), matched in the
         // continuation's text as without beams; the text ends before it.
         const text = opts.stop.length > 0 || newTokens >= budget ? decode(tokens) : '';

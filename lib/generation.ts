@@ -413,7 +413,12 @@ export async function runPrompt(
     try {
       if (opts.signal?.aborted) onAbort();
       else scheduler.add(runs[0]);
-      await Promise.all(runs.map((r) => r.finished));
+      await Promise.all(runs.map((r) => r.finished)).catch(async (err: unknown) => {
+        // One sequence failed, so the call does: its others end before their blocks go back.
+        onAbort();
+        await Promise.allSettled(runs.map((r) => r.finished));
+        throw err;
+      });
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
     }

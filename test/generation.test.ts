@@ -580,6 +580,10 @@ describe('eos and stop strings', () => {
     const cut = plain.indexOf(third) + 1;  // the first time it comes
     const r = await tiny.generate(prompt, greedy({ maxNewTokens: 6, eosTokenId: [EOS, third] }));
     expect(r.sequences[0]).toMatchObject({ tokens: plain.slice(0, cut), finishReason: 'eos' });
+    // Every token an eos: each sequence (sampled or a beam) ends at its first, and no text shows it.
+    const all = { maxNewTokens: 6, eosTokenId: Array.from({ length: V }, (_, i) => i) };
+    for (const o of [greedy(all), { doSample: true, seed: 3, numReturnSequences: 2, ...all }, greedy({ numBeams: 2, numReturnSequences: 2, ...all })])
+      for (const s of (await tiny.generate(prompt, o)).sequences) expect(s).toMatchObject({ text: '', finishReason: 'eos' });
     for (const eos of [third, [EOS, third]]) {
       const dir = mutableCopy(tiny.dir, 'gen-config-eos');
       replaceFile(dir, 'generation_config.json', JSON.stringify({ bos_token_id: EOS, eos_token_id: eos }));
@@ -1102,6 +1106,39 @@ describe('option validation (OptionError, E_OPTION, the message names the option
     expect((err as Error).message).toMatch(/every token is banned/);
     expect((await other).sequences[0].tokens).toHaveLength(6);
     await settlesTo(() => tiny.kvStats().activeSequences, 0);
+  });
+
+  test('a sequence failing mid-run ends its siblings before the call rejects (and before its KV blocks go back)', async () => {
+    const m = await freshModel(TINY);
+    try {
+      const prompt = 'Once upon a time there';
+      const x = (await m.generate(prompt, greedy({ maxNewTokens: 1 }))).sequences[0].tokens[0];
+      const trap = { badWordsIds: Array.from({ length: V }, (_, t) => [x, t]) };  // a sequence that samples x fails
+      // Steps submitted after the rejection: the siblings ran on to maxNewTokens before the fix.
+      const scheduler = m as unknown as { scheduler: { engine: Record<string, unknown> } };
+      const engine = scheduler.scheduler.engine;
+      let rejected = false;
+      let stepsAfter = 0;
+      scheduler.scheduler.engine = new Proxy(engine, {
+        get: (target, key) => {
+          const v = target[key as string];
+          if (typeof v !== 'function') return v;
+          return (...a: unknown[]) => {
+            if (key === 'step' && rejected) stepsAfter++;
+            return (v as (...b: unknown[]) => unknown).apply(target, a);
+          };
+        },
+      });
+      const err = await m.generate(prompt, { doSample: true, topK: 2, numReturnSequences: 4, maxNewTokens: 100, seed: 0, ...trap })
+        .catch((e: unknown) => e);
+      rejected = true;
+      expect(err).toBeInstanceOf(OptionError);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(stepsAfter).toBe(0);
+      await settlesTo(() => (engine.kvBlocksInUse as () => number).call(engine), 0);
+    } finally {
+      m.dispose();
+    }
   });
 
   test('snake_case option names get a camelCase hint', async () => {
