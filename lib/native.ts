@@ -72,6 +72,8 @@ export interface NativeStepResult {
   /** the new forks' ids, item by item in forkSeeds order, and their first tokens */
   forkIds: Int32Array;
   forkSampled: Int32Array;
+  /** items whose sampling failed (their forks' ids are -1); the step's other items are fine */
+  errors: Array<{ item: number; code: string; message: string }>;
 }
 
 export interface NativeEngine {

@@ -204,6 +204,7 @@ export class Scheduler {
   /** Hands a step's rows to their sequences; `next` (if any) already feeds some of them. */
   private deliver(step: InFlight, result: NativeStepResult, next: InFlight | null): void {
     const fedAhead = new Set(next ? next.batch.map((b) => b.seq) : []);
+    const failed = new Map(result.errors.map((e) => [e.item, wrapNativeError({ code: e.code, message: e.message })]));
     let row = 0;
     let fork = 0;
     step.batch.forEach(({ seq, take }, i) => {
@@ -222,6 +223,14 @@ export class Scheduler {
         return;
       }
       const sampled = result.sampled[i];
+      const err = failed.get(i);
+      if (err !== undefined) {
+        // Its sampling failed (its forks were released in the engine): it fails, the others go on.
+        seq.cancelled = true;
+        this.active.delete(seq);
+        seq.onError(err);
+        return;
+      }
       try {
         if (forks > 0) seq.onForked!(forkIds, forkSampled);
         seq.onStep(sampled, logits, seq.pending.length === 0, lse);

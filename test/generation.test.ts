@@ -902,6 +902,28 @@ describe('broken weights', () => {
       expect((err as Error).message).toMatch(/logits are not finite/);
       const sampled = await rejection(m.generate(tokenSequence(28, 2), { doSample: true, seed: 1, maxNewTokens: 10 }));
       expect((sampled as LlmcoreError).code).toBe('E_INTERNAL');
+      // In one batch with calls that stay short of it, forks included: only the call reaching it
+      // fails (its sampling fails alone in the engine, and its forks with it); the others get
+      // their tokens as alone.
+      const forked = { doSample: true, seed: 4, maxNewTokens: 10, numReturnSequences: 3 };
+      const aloneForked = await m.generate(tokenSequence(5, 7), forked);
+      for (const lookahead of [true, false]) {
+        Scheduler.lookahead = lookahead;
+        try {
+          const [bad, ok, okForked] = await Promise.allSettled([
+            m.generate(tokenSequence(26, 2), { doSample: true, seed: 1, maxNewTokens: 10, numReturnSequences: 2 }),
+            m.generate(tokenSequence(5, 1), greedy({ maxNewTokens: 10 })),
+            m.generate(tokenSequence(5, 7), forked),
+          ]);
+          expect(bad.status).toBe('rejected');
+          expect(((bad as PromiseRejectedResult).reason as LlmcoreError).code).toBe('E_INTERNAL');
+          expect(ok.status === 'fulfilled' && ok.value.sequences).toEqual(short.sequences);
+          expect(okForked.status === 'fulfilled' && okForked.value.sequences).toEqual(aloneForked.sequences);
+        } finally {
+          Scheduler.lookahead = true;
+        }
+      }
+      await settlesTo(() => (m as unknown as { engine: { kvBlocksInUse(): number } }).engine.kvBlocksInUse(), 0);
       const again = await m.generate(tokenSequence(5, 1), greedy({ maxNewTokens: 10 }));
       expect(again.sequences).toEqual(short.sequences);
     } finally {

@@ -62,6 +62,16 @@ Napi::Object result_object(Napi::Env env, StepResult& out) {
   auto fork_sampled = Napi::Int32Array::New(env, out.fork_sampled.size());
   std::copy(out.fork_sampled.begin(), out.fork_sampled.end(), fork_sampled.Data());
   res.Set("forkSampled", fork_sampled);
+  // Items whose sampling failed (the step's others are fine): [{item, code, message}], in item order.
+  auto errors = Napi::Array::New(env, out.errors.size());
+  for (size_t i = 0; i < out.errors.size(); i++) {
+    Napi::Object e = Napi::Object::New(env);
+    e.Set("item", Napi::Number::New(env, double(out.errors[i].item)));
+    e.Set("code", Napi::String::New(env, out.errors[i].code));
+    e.Set("message", Napi::String::New(env, out.errors[i].message));
+    errors.Set(uint32_t(i), e);
+  }
+  res.Set("errors", errors);
   return res;
 }
 

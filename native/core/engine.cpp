@@ -113,6 +113,35 @@ StepResult Engine::step(std::vector<StepItem> items) {
 }
 
 StepResult Engine::step_locked(std::vector<StepItem> items) {
+  // A sequence whose last sampling failed, fed that sample by a step queued behind the failing
+  // one: it takes no part (its owner is failing it), and the step's other items go on.
+  std::vector<ItemError> dropped;
+  std::vector<size_t> live_index;  // run_items' item -> its index in `items`
+  std::vector<StepItem> live;
+  for (size_t i = 0; i < items.size(); i++) {
+    StepItem& it = items[i];
+    const auto s = seqs_.find(it.seq);
+    if (s != seqs_.end() && s->second.sample_failed && it.tokens.size() == 1 && it.tokens[0] == kLastSampled &&
+        it.logits == LogitsMode::None && it.fork_seeds.empty()) {
+      dropped.push_back({i, E_INTERNAL, "[engine] step: sequence " + std::to_string(it.seq) +
+                                            " is fed its last sample, but that sampling failed"});
+      continue;
+    }
+    live_index.push_back(i);
+    live.push_back(std::move(it));
+  }
+  if (dropped.empty()) return run_items(std::move(live));
+  StepResult r = run_items(std::move(live));
+  std::vector<int32_t> sampled(items.size(), -1);
+  for (size_t j = 0; j < live_index.size(); j++) sampled[live_index[j]] = r.sampled[j];
+  r.sampled = std::move(sampled);
+  for (ItemError& e : r.errors) e.item = live_index[e.item];
+  r.errors.insert(r.errors.end(), dropped.begin(), dropped.end());
+  std::sort(r.errors.begin(), r.errors.end(), [](const ItemError& a, const ItemError& b) { return a.item < b.item; });
+  return r;
+}
+
+StepResult Engine::run_items(std::vector<StepItem> items) {
   const Gpt2Config& cfg = model_->config();
   const int64_t V = cfg.vocab_size;
 
@@ -194,6 +223,7 @@ StepResult Engine::step_locked(std::vector<StepItem> items) {
     Sequence& s = seqs_[it.seq];
     s.tokens.insert(s.tokens.end(), it.tokens.begin(), it.tokens.end());
     s.last_sampled = -1;  // set below if this step samples it
+    s.sample_failed = false;
     if (it.logits != LogitsMode::None) {
       result.logits.insert(result.logits.end(), logits + int64_t(first_out[i]) * V,
                            logits + int64_t(first_out[i] + n_out[i]) * V);
@@ -213,6 +243,7 @@ StepResult Engine::step_locked(std::vector<StepItem> items) {
     const SamplingParams* params;
     int32_t seq;
     int32_t* out;
+    size_t item;  // whose pick (a fork's is its parent item's)
   };
   std::vector<Pick> picks;
   result.fork_ids.reserve(n_forks);
@@ -229,35 +260,60 @@ StepResult Engine::step_locked(std::vector<StepItem> items) {
         result.fork_ids.push_back(fork_locked(it.seq, seed));
         float* copy = fork_rows.data() + f * size_t(V);
         std::copy(row, row + V, copy);
-        picks.push_back(Pick{copy, &it.params, result.fork_ids[f], &result.fork_sampled[f]});
+        picks.push_back(Pick{copy, &it.params, result.fork_ids[f], &result.fork_sampled[f], i});
         f++;
       }
-      picks.push_back(Pick{row, &it.params, it.seq, &result.sampled[i]});
+      picks.push_back(Pick{row, &it.params, it.seq, &result.sampled[i], i});
     }
     auto sample_one = [&](int64_t j, int tid) {
       const Pick& pk = picks[size_t(j)];
       Sequence& s = seqs_.find(pk.seq)->second;  // lookup only: safe from pool threads
       *pk.out = samplers_[size_t(tid)].pick(pk.row, V, *pk.params, s.tokens, s.rng);
     };
+    // A sampling failure (logits not finite, every token banned) is its item's alone: caught in
+    // the task (nothing may escape a pool task), then that item's sequence and forks fail.
+    std::vector<ItemError> failed(picks.size(), ItemError{0, nullptr, {}});
+    auto guarded = [&](int64_t j, int tid) {
+      try {
+        sample_one(j, tid);
+      } catch (const Error& e) {
+        failed[size_t(j)] = {picks[size_t(j)].item, e.code(), e.what()};
+      } catch (const std::exception& e) {
+        failed[size_t(j)] = {picks[size_t(j)].item, E_INTERNAL, e.what()};
+      }
+    };
     ThreadPool* pool = backend_->host_pool();
-    if (pool && picks.size() > 1) {
-      // Sampler errors (NaN logits) must not escape a pool task: collect and rethrow here.
-      std::vector<std::string> errors(picks.size());
-      pool->parallel_for(int64_t(picks.size()), [&](int64_t j, int tid) {
-        try {
-          sample_one(j, tid);
-        } catch (const std::exception& e) {
-          errors[size_t(j)] = e.what();
+    if (pool && picks.size() > 1)
+      pool->parallel_for(int64_t(picks.size()), guarded);
+    else
+      for (size_t j = 0; j < picks.size(); j++) guarded(int64_t(j), 0);
+    std::vector<char> item_failed(items.size(), 0);
+    for (const ItemError& e : failed)
+      if (e.code && !item_failed[e.item]) {
+        item_failed[e.item] = 1;
+        result.errors.push_back(e);
+      }
+    std::sort(result.errors.begin(), result.errors.end(), [](const ItemError& a, const ItemError& b) { return a.item < b.item; });
+    for (const Pick& pk : picks) {
+      if (item_failed[pk.item]) {
+        *pk.out = -1;
+        if (pk.seq != items[pk.item].seq) {  // a fork made for the failed item: gone again
+          release_locked(pk.seq);
+          for (int32_t& id : result.fork_ids) if (id == pk.seq) id = -1;
         }
-      });
-      for (const auto& e : errors)
-        if (!e.empty()) throw Error(E_INTERNAL, e);
-    } else {
-      for (size_t j = 0; j < picks.size(); j++) sample_one(int64_t(j), 0);
+      }
     }
-    for (const Pick& pk : picks) seqs_.find(pk.seq)->second.last_sampled = *pk.out;
+    for (size_t i = 0; i < items.size(); i++) {
+      if (!items[i].sample) continue;
+      Sequence& s = seqs_.find(items[i].seq)->second;
+      s.sample_failed = item_failed[i] != 0;
+      s.last_sampled = result.sampled[i];
+    }
+    for (const Pick& pk : picks)
+      if (!item_failed[pk.item] && pk.seq != items[pk.item].seq) seqs_.find(pk.seq)->second.last_sampled = *pk.out;
   } catch (...) {
-    for (int32_t id : result.fork_ids) release_locked(id);
+    for (int32_t id : result.fork_ids)
+      if (id >= 0) release_locked(id);
     throw;
   }
   return result;

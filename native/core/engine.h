@@ -44,12 +44,21 @@ struct StepItem {
   std::vector<uint64_t> fork_seeds;
 };
 
+// A failure of one item of a step (its sampling: logits not finite, every token banned): the
+// item's sequence fails, the step's others go on.
+struct ItemError {
+  size_t item;
+  const char* code;
+  std::string message;
+};
+
 struct StepResult {
-  std::vector<int32_t> sampled;    // per item; -1 where not sampled
+  std::vector<int32_t> sampled;    // per item; -1 where not sampled (or failed: errors)
   std::vector<float> logits;       // the requested rows, item by item, (rows, V)
   std::vector<double> logsumexp;   // per row of logits: log(sum(exp(row))), the log-softmax normaliser
   std::vector<int32_t> fork_ids;      // the forks of fork_seeds, item by item, in seed order
-  std::vector<int32_t> fork_sampled;  // their first tokens
+  std::vector<int32_t> fork_sampled;  // their first tokens (-1 with fork_ids -1: its item failed)
+  std::vector<ItemError> errors;      // items that failed, in item order
 };
 
 class Engine {
@@ -76,7 +85,9 @@ class Engine {
   DType kv_dtype() const { return kv_->dtype(); }
 
   // Validates every item first (E_OPTION: unknown sequence, token out of range, length over
-  // n_positions, kLastSampled without a sampled token), then runs the batch.
+  // n_positions, kLastSampled without a sampled token), then runs the batch. A sampling failure
+  // is the item's alone (StepResult::errors); so is kLastSampled fed to a sequence whose last
+  // sampling failed (a step queued behind that one), which then takes no part in the step.
   StepResult step(std::vector<StepItem> items);
 
  private:
@@ -85,12 +96,14 @@ class Engine {
     std::vector<int32_t> tokens;
     Rng rng;
     int32_t last_sampled = -1;  // by its last step, if that step sampled (kLastSampled)
+    bool sample_failed = false;  // its last step's sampling failed (an ItemError)
   };
   Engine() = default;
   Sequence& get(int32_t id, const char* what);
   int32_t fork_locked(int32_t parent, uint64_t seed);  // fork_sequence with mu_ held
   void release_locked(int32_t id);                     // release_sequence with mu_ held
   StepResult step_locked(std::vector<StepItem> items);  // step with mu_ held
+  StepResult run_items(std::vector<StepItem> items);    // step_locked's items that take part
   std::unique_lock<std::mutex> lock_or_throw(const char* what);
 
   // Declaration order is destruction order in reverse: the backend outlives what it allocated.
