@@ -288,12 +288,11 @@ StepResult Engine::run_items(std::vector<StepItem> items) {
     else
       for (size_t j = 0; j < picks.size(); j++) guarded(int64_t(j), 0);
     std::vector<char> item_failed(items.size(), 0);
-    for (const ItemError& e : failed)
+    for (const ItemError& e : failed)  // picks go item by item, so the errors do too
       if (e.code && !item_failed[e.item]) {
         item_failed[e.item] = 1;
         result.errors.push_back(e);
       }
-    std::sort(result.errors.begin(), result.errors.end(), [](const ItemError& a, const ItemError& b) { return a.item < b.item; });
     for (const Pick& pk : picks) {
       if (item_failed[pk.item]) {
         *pk.out = -1;
