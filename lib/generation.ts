@@ -323,6 +323,11 @@ export function seedFor(seed: number, i: number): number {
   return (b & 0x1fffff) * 2 ** 32 + a;
 }
 
+// Prompt j of a call draws its sequences' seeds from its own stream of the call's seed, far
+// from the sequences' own streams (seedFor(seed, i) for sequence i < 1024).
+const PROMPT_STREAMS = 2 ** 31;
+export const promptSeed = (seed: number, j: number) => (j === 0 ? seed : seedFor(seed, PROMPT_STREAMS + j));
+
 /** The result of one prompt's generation, with its timing from `start` and the first new token at `firstAt`. */
 export function promptResult(promptText: string, promptTokens: number[], sequences: GeneratedSequence[],
                              start: number, firstAt: number): GenerationResult {

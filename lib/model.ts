@@ -6,7 +6,7 @@ import { Admission, type KvStats } from './admission';
 import { readCheckpoint, type GenerationDefaults, type ModelConfig } from './config';
 import { BackendError, DisposedError, ModelFormatError, OptionError, callNative } from './errors';
 import {
-  checkTokenIds, planPrompt, prefill, runPrompt, seedFor, type GenerationContext, type GenerationResult, type StreamChunk,
+  checkTokenIds, planPrompt, prefill, promptSeed, runPrompt, type GenerationContext, type GenerationResult, type StreamChunk,
 } from './generation';
 import { runBeamSearch } from './beam-search';
 import { native, type NativeEngine, type NativeEngineInfo } from './native';
@@ -305,8 +305,3 @@ export class Model {
     throw new OptionError('[generate] a prompt must be a string or an array of token ids');
   }
 }
-
-// Prompt j of a call draws its sequences' seeds from its own stream of the call's seed, far
-// from the sequences' own streams (seedFor(seed, i) for sequence i < 1024).
-const PROMPT_STREAMS = 2 ** 31;
-const promptSeed = (seed: number, j: number) => (j === 0 ? seed : seedFor(seed, PROMPT_STREAMS + j));

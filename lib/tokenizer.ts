@@ -61,7 +61,8 @@ export function bytesToUnicode(): string[] {
   return table;
 }
 
-const UNICODE_TO_BYTE: ReadonlyMap<string, number> = new Map(bytesToUnicode().map((ch, b) => [ch, b]));
+const BYTE_TOKENS: readonly string[] = bytesToUnicode();
+const UNICODE_TO_BYTE: ReadonlyMap<string, number> = new Map(BYTE_TOKENS.map((ch, b) => [ch, b]));
 
 /**
  * The tokenizer.json GPT2TokenizerFast would produce from vocab.json + merges.txt.
@@ -229,9 +230,9 @@ export class Gpt2Tokenizer {
     }
     this.vocabSize = this.idToTokenTable.length;
     // Byte-level BPE spells any text with its 256 byte tokens; without one, some text has no tokens.
-    const missing = bytesToUnicode().findIndex((ch) => json.model.vocab[ch] === undefined);
+    const missing = BYTE_TOKENS.findIndex((ch) => json.model.vocab[ch] === undefined);
     if (missing >= 0)
-      throw formatError(`${source}: the vocabulary lacks the byte-level token ${JSON.stringify(bytesToUnicode()[missing])} ` +
+      throw formatError(`${source}: the vocabulary lacks the byte-level token ${JSON.stringify(BYTE_TOKENS[missing])} ` +
         `(byte 0x${missing.toString(16).padStart(2, '0')}); a GPT-2 vocabulary holds all 256`);
     this.bytesCache = new Array<Uint8Array | undefined>(this.vocabSize);
     // Unset means GPT-2's default (<|endoftext|>); an explicit null means there is none.
