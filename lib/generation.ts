@@ -315,7 +315,7 @@ function mix32(h: number): number {
  * streams (seed + i would give seed 43's first sequence to seed 42's second). Stream 0 is the
  * seed itself. A 53-bit result, as the native sequences take.
  */
-export function seedFor(seed: number, i: number): number {
+function seedFor(seed: number, i: number): number {
   if (i === 0) return seed;
   const lo = seed % 2 ** 32, hi = Math.floor(seed / 2 ** 32);
   const a = mix32((lo ^ mix32(i)) >>> 0);
