@@ -4,6 +4,8 @@
 // a skipped computation, not a fast kernel).
 //   node bench/run.js [--runs N] [--dtypes f32,bf16] [--json FILE] [--quick]
 // Besides every dtype's rows, batch-32 decode once more with f32 weights and the f16 KV cache.
+//   node bench/run.js --phases SECONDS [--dtypes f32,bf16] [--json FILE]
+// Batch-1 decode only, for SECONDS per dtype, each run between two reads (see phaseProbe).
 'use strict';
 const fs = require('node:fs');
 const os = require('node:os');
@@ -18,6 +20,7 @@ const { values } = parseArgs({
     json: { type: 'string', default: path.join(__dirname, 'results', 'latest.json') },
     model: { type: 'string' },
     quick: { type: 'boolean', default: false },
+    phases: { type: 'string' },
   },
 });
 const RUNS = Math.max(1, Number(values.runs));
@@ -80,11 +83,40 @@ const computeSeconds = (r, lim) =>
     : r.flops / (lim.peakGflops * 1e9);
 const rooflineSeconds = (r, lim) => Math.max(computeSeconds(r, lim), r.bytes / (lim.readGBs * 1e9));
 
+// One timed run of batch-B decode: B prompts of 16 tokens, DECODE_TOKENS greedy new tokens each;
+// resolves to the ms per decode step of the whole batch (prefill excluded).
+const decodeStep = (model, B) => {
+  const prompts = Array.from({ length: B }, (_, i) => promptTokens(16, 100 + i));
+  return async () => {
+    const start = performance.now();
+    const results = await model.generate(prompts, { maxNewTokens: DECODE_TOKENS, doSample: false });
+    const wall = performance.now() - start;
+    const prefill = Math.max(...results.map((r) => r.stats.prefillMs));
+    const generated = results.reduce((s, r) => s + r.stats.generatedTokens, 0) - B;  // first tokens came from prefill
+    return (wall - prefill) / generated * B;
+  };
+};
+
+// Bytes and FLOPs of one batch-B decode step: matmul weights as kept (LM head included) plus
+// the KV cache at the mean context of the run.
+function decodeCost(model, B) {
+  const { info, config: c } = model;
+  const C = c.nEmbd, L = c.nLayer, V = c.vocabSize;
+  const kvElementBytes = info.kvDtype === 'f16' ? 2 : 4;
+  const ctx = 16 + DECODE_TOKENS / 2;
+  const matmulFlops = B * 2 * (L * 12 * C * C + V * C);
+  return {
+    bytes: info.weightBytes + B * L * 2 * ctx * C * kvElementBytes,
+    flops: matmulFlops + B * L * 2 * 2 * C * ctx,
+    matmulFlops,
+    bf16Dot: info.weightDtype === 'BF16' && llm.backendInfo().bf16DotProduct,
+  };
+}
+
 // kvCacheDtype 'auto' (the library's default): f16 for 16-bit weights, f32 for f32 ones.
 async function benchModel(dir, dtype, { kvCacheDtype = 'auto', prefill = true, batches = [1, 8, 32] } = {}) {
   const model = await llm.loadModel(dir, { device: 'cpu', dtype, kvCacheDtype });
   const info = model.info;
-  const kvElementBytes = info.kvDtype === 'f16' ? 2 : 4;
   const label = info.kvDtype === 'f16' ? `${info.weightDtype}, KV f16` : info.weightDtype;
   const c = model.config;
   const C = c.nEmbd, L = c.nLayer, V = c.vocabSize;
@@ -111,33 +143,92 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'auto', prefill = true, b
   }
 
   for (const B of batches) {
-    const prompts = Array.from({ length: B }, (_, i) => promptTokens(16, 100 + i));
-    const t = await timeRuns(async () => {
-      const start = performance.now();
-      const results = await model.generate(prompts, { maxNewTokens: DECODE_TOKENS, doSample: false });
-      const wall = performance.now() - start;
-      const prefill = Math.max(...results.map((r) => r.stats.prefillMs));
-      const generated = results.reduce((s, r) => s + r.stats.generatedTokens, 0) - B;  // first tokens came from prefill
-      return (wall - prefill) / generated * B;  // ms per decode step of the whole batch
-    });
+    const t = await timeRuns(decodeStep(model, B));
     const stepSecs = t.median / 1000;
-    const ctx = 16 + DECODE_TOKENS / 2;                          // mean context during decode
-    const kvBytes = B * L * 2 * ctx * C * kvElementBytes;
-    const bytes = weightBytes + kvBytes;
-    const matmulFlops = B * 2 * (matmulParams + V * C);
-    const flops = matmulFlops + B * L * 2 * 2 * C * ctx;
     rows.push({
       dtype: label, kind: 'decode', tokens: DECODE_TOKENS, batch: B, ms: t.median,
-      runsMs: t.runs, tokPerSec: B / stepSecs, flops, matmulFlops, bytes, secs: stepSecs, perRun: B,
-      localLimits: t.local, perRunLimits: t.perRunLimits, bf16Dot, memoryBound: true,
+      runsMs: t.runs, tokPerSec: B / stepSecs, ...decodeCost(model, B), secs: stepSecs, perRun: B,
+      localLimits: t.local, perRunLimits: t.perRunLimits, memoryBound: true,
     });
   }
   model.dispose();
   return { info, rows };
 }
 
+// Batch-1 decode is bound by the read bandwidth, and on a shared host that bandwidth switches
+// between phases (here 55-60 and 90-103 GB/s) for seconds at a time. A row of the main bench
+// may sit in one phase while the run's best read came from the other, so this mode runs batch-1
+// decode for `seconds`, each run between two 256 MiB reads, and sums the runs up per phase:
+// fast where both reads around a run are at >= 80% of the best read of the whole probe, slow
+// where both are below it, and mixed (a switch during the run) otherwise; "one phase" when no
+// read fell below that mark.
+async function phaseProbe(dir, dtype, seconds) {
+  const model = await llm.loadModel(dir, { device: 'cpu', dtype });
+  const cost = decodeCost(model, 1);
+  const run = decodeStep(model, 1);
+  await run();  // warm-up
+  const runs = [];
+  let before = await measureLimits();
+  const end = performance.now() + seconds * 1000;
+  while (performance.now() < end) {
+    const ms = await run();
+    const after = await measureLimits();
+    runs.push({ ms, readBefore: before.readGBs, readAfter: after.readGBs,
+      ratioToLocalRoofline: rooflineSeconds(cost, better(before, after)) / (ms / 1000) });
+    before = after;
+  }
+  const label = model.info.weightDtype;
+  model.dispose();
+  const bestRead = Math.max(...runs.flatMap((r) => [r.readBefore, r.readAfter]));
+  const phaseOf = (r) => {
+    const fast = [r.readBefore, r.readAfter].map((x) => x >= 0.8 * bestRead);
+    return fast[0] && fast[1] ? 'fast' : !fast[0] && !fast[1] ? 'slow' : 'mixed';
+  };
+  for (const r of runs) {
+    r.phase = phaseOf(r);
+    r.stepGBs = cost.bytes / r.ms / 1e6;
+  }
+  // No slow run: the host stayed in one phase (which one, the reads in the table say).
+  if (!runs.some((r) => r.phase !== 'fast')) for (const r of runs) r.phase = 'one phase';
+  const phases = {};
+  for (const phase of ['fast', 'slow', 'mixed', 'one phase']) {
+    const rs = runs.filter((r) => r.phase === phase);
+    if (rs.length === 0) continue;
+    const ms = median(rs.map((r) => r.ms));
+    phases[phase] = {
+      runs: rs.length, ms, tokPerSec: 1000 / ms, stepGBs: cost.bytes / ms / 1e6,
+      readGBs: median(rs.map((r) => Math.max(r.readBefore, r.readAfter))),
+      ratioToLocalRoofline: median(rs.map((r) => r.ratioToLocalRoofline)),
+      ratioToBestRead: rooflineSeconds(cost, { readGBs: bestRead, peakGflops: Infinity, peakBf16Gflops: Infinity }) / (ms / 1000),
+    };
+  }
+  return { dtype: label, seconds, bytes: cost.bytes, bestRead, phases, runs };
+}
+
+async function probeMain(dir, seconds) {
+  const probes = [];
+  for (const dtype of values.dtypes.split(',')) probes.push(await phaseProbe(dir, dtype, seconds));
+  const pct = (x) => `${(100 * x).toFixed(0)}%`;
+  console.log(`\nbatch-1 decode by memory phase, ${seconds} s per dtype, ${os.cpus()[0]?.model}, ${os.availableParallelism()} threads`);
+  console.log('| weights | phase | runs | tok/s | ms (median) | GB/s | read around the runs | % of those (median of runs) | % of the best read |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
+  for (const p of probes)
+    for (const [phase, s] of Object.entries(p.phases))
+      console.log(`| ${p.dtype} | ${phase} | ${s.runs} | ${s.tokPerSec.toFixed(1)} | ${s.ms.toFixed(2)} | ${s.stepGBs.toFixed(1)} | ` +
+        `${s.readGBs.toFixed(1)} GB/s | ${pct(s.ratioToLocalRoofline)} | ${pct(s.ratioToBestRead)} of ${p.bestRead.toFixed(1)} GB/s |`);
+  const json = values.json.endsWith('latest.json') ? path.join(path.dirname(values.json), 'phases.json') : values.json;
+  fs.mkdirSync(path.dirname(json), { recursive: true });
+  fs.writeFileSync(json, JSON.stringify({ date: new Date().toISOString(), cpu: os.cpus()[0]?.model, backend: llm.backendInfo(), probes }, null, 2) + '\n');
+  console.log(`\nJSON: ${json}`);
+}
+
 (async () => {
   const dir = await checkpoint();
+  if (values.phases !== undefined) {
+    const seconds = Number(values.phases);
+    if (!(seconds > 0)) throw new Error(`--phases: expected a number of seconds > 0, got '${values.phases}'`);
+    return probeMain(dir, seconds);
+  }
   const threads = os.availableParallelism();
   const roofRuns = [];
   for (let i = 0; i < 3; i++) roofRuns.push(await llm.measureRoofline(threads));
