@@ -97,6 +97,9 @@ const decodeStep = (model, B) => {
   };
 };
 
+// Matmul weights of the layers (qkv 3C^2, proj C^2, mlp 8C^2), LM head excluded.
+const layerMatmulParams = (c) => c.nLayer * 12 * c.nEmbd * c.nEmbd;
+
 // Bytes and FLOPs of one batch-B decode step: matmul weights as kept (LM head included) plus
 // the KV cache at the mean context of the run.
 function decodeCost(model, B) {
@@ -104,7 +107,7 @@ function decodeCost(model, B) {
   const C = c.nEmbd, L = c.nLayer, V = c.vocabSize;
   const kvElementBytes = info.kvDtype === 'f16' ? 2 : 4;
   const ctx = 16 + DECODE_TOKENS / 2;
-  const matmulFlops = B * 2 * (L * 12 * C * C + V * C);
+  const matmulFlops = B * 2 * (layerMatmulParams(c) + V * C);
   return {
     bytes: info.weightBytes + B * L * 2 * ctx * C * kvElementBytes,
     flops: matmulFlops + B * L * 2 * 2 * C * ctx,
@@ -120,7 +123,7 @@ async function benchModel(dir, dtype, { kvCacheDtype = 'auto', prefill = true, b
   const label = info.kvDtype === 'f16' ? `${info.weightDtype}, KV f16` : info.weightDtype;
   const c = model.config;
   const C = c.nEmbd, L = c.nLayer, V = c.vocabSize;
-  const matmulParams = L * 12 * C * C;                       // qkv 3C^2, proj C^2, mlp 8C^2
+  const matmulParams = layerMatmulParams(c);
   const weightBytes = info.weightBytes;                        // matmul weights as kept, LM head included
   const bf16Dot = info.weightDtype === 'BF16' && llm.backendInfo().bf16DotProduct;
   const rows = [];
